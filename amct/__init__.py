@@ -1,0 +1,39 @@
+"""amct: INT8 post-training quantization of Caffe models for Ascend NPUs.
+
+The public entry points are re-exported here (and by the compatibility module
+``amct_caffe``).  Submodules are imported lazily so ``import amct`` stays cheap.
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# name -> module that defines it
+_EXPORTS = {
+    "load_caffe": "amct.frontends.caffe",
+    "save_caffe": "amct.frontends.caffe",
+    "random_weights": "amct.ir.random",
+    "Graph": "amct.ir",
+    "Layer": "amct.ir",
+    "LayerDef": "amct.ir",
+    "register_layer": "amct.ir",
+    "register_function_layer": "amct.ir",
+}
+_SUBMODULES = {"runtime", "ir", "passes", "layers", "errors", "proto", "frontends", "backends"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"amct.{name}")
+    raise AttributeError(f"module 'amct' has no attribute '{name}'")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS) | _SUBMODULES)

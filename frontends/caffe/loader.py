@@ -1,0 +1,217 @@
+"""Load a Caffe prototxt (+ optional caffemodel) into an ``amct.ir.Graph``."""
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+
+import numpy as np
+from google.protobuf import message as pb_message
+from google.protobuf import text_format
+
+from amct.errors import (CaffemodelError, ModelFormatError, PrototxtSyntaxError, UnsupportedLayerError,
+                         WeightsError)
+from amct.frontends.caffe import upgrade, wire
+from amct.ir import Graph, Layer, get_layer_def
+from amct.proto import caffe_pb2
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise ModelFormatError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ModelFormatError(f"{path}: is a directory, expected a prototxt file") from None
+    except OSError as e:
+        raise ModelFormatError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise PrototxtSyntaxError(
+            f"{path}:{line}: not UTF-8 text (byte offset {e.start}); is this a binary caffemodel?"
+        ) from None
+
+
+def parse_prototxt(path: str, text: str | None = None) -> caffe_pb2.NetParameter:
+    """Parse a text NetParameter; syntax errors name file:line:column."""
+    if text is None:
+        text = _read_text(path)
+    net = caffe_pb2.NetParameter()
+    try:
+        text_format.Parse(text, net, allow_unknown_extension=False)
+    except text_format.ParseError as e:
+        line, col = getattr(e, "GetLine", lambda: None)(), getattr(e, "GetColumn", lambda: None)()
+        msg = str(e)
+        # ParseError's str already starts with "line:col : "; keep only the reason.
+        reason = msg.split(" : ", 1)[1] if " : " in msg else msg
+        pos = f"{line}:{col}" if line is not None else "?"
+        raise PrototxtSyntaxError(f"{path}:{pos}: {reason}") from None
+    return net
+
+
+def read_caffemodel(path: str) -> tuple[caffe_pb2.NetParameter, list[tuple[caffe_pb2.LayerParameter, list]]]:
+    """Decode a caffemodel: net-level fields and (layer, blob arrays) pairs, V2 form."""
+    try:
+        buf = wire.read_file_buffer(path)
+    except FileNotFoundError:
+        raise CaffemodelError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise CaffemodelError(f"{path}: is a directory, expected a caffemodel file") from None
+    except OSError as e:
+        raise CaffemodelError(f"{path}: cannot read: {e.strerror}") from None
+    if len(buf) == 0:
+        raise CaffemodelError(f"{path}: file is empty")
+    rest, raw_layers = wire.decode_net(buf, path)
+    net = caffe_pb2.NetParameter()
+    try:
+        net.ParseFromString(rest)
+    except pb_message.DecodeError as e:
+        raise CaffemodelError(f"{path}: corrupt net-level fields: {e}") from None
+    out = []
+    for rl in raw_layers:
+        where = f"{path}: layer #{len(out)} at byte {rl.offset}"
+        try:
+            if rl.kind == "v2":
+                lp = caffe_pb2.LayerParameter()
+                lp.ParseFromString(rl.header)
+            else:
+                v1 = caffe_pb2.V1LayerParameter()
+                v1.ParseFromString(rl.header)
+                if rl.v0_header is not None:
+                    v0 = caffe_pb2.V0LayerParameter()
+                    v0.ParseFromString(rl.v0_header)
+                    upgrade._v0_to_v1(v1, v0, where)
+                lp = upgrade.upgrade_v1_layer(v1, where)
+        except pb_message.DecodeError as e:
+            raise CaffemodelError(f"{where}: corrupt layer fields: {e}") from None
+        except ValueError as e:
+            raise CaffemodelError(f"{where}: {e}") from None
+        out.append((lp, rl.blobs))
+    if not out and len(buf) > 0 and not rest:
+        raise CaffemodelError(f"{path}: holds no layers")
+    if not out:
+        raise CaffemodelError(f"{path}: holds no layers; is this a caffemodel?")
+    return net, out
+
+
+def graph_from_netparam(net: caffe_pb2.NetParameter, source: str) -> Graph:
+    legacy_inputs = upgrade.upgrade_net(net, source)
+    upgrade.filter_phase(net, source)
+    extra = caffe_pb2.NetParameter()
+    extra.CopyFrom(net)
+    for f in ("name", "layer", "layers", "input", "input_dim", "input_shape"):
+        extra.ClearField(f)
+    g = Graph(net.name, source=source, net_params=extra)
+    g.input_style = "fields" if legacy_inputs else "layer"
+    for lp in net.layer:
+        if not lp.type:
+            raise ModelFormatError(f"{source}: layer '{lp.name}' has no type")
+        g.add_layer(Layer.from_proto(lp, blobs=[]))
+        if len(lp.blobs):
+            from amct.ir.blobs import blobproto_to_array
+            g.layers[-1].blobs = [blobproto_to_array(b, f"{source}: layer '{lp.name}'")
+                                  for b in lp.blobs]
+    return g
+
+
+def attach_weights(g: Graph, model_layers, weights_file: str) -> None:
+    """Copy blobs onto the graph's layers, matched by name (the i-th layer of a
+    name gets the i-th source layer of that name).  Source layers that match
+    nothing are ignored, as Caffe does."""
+    by_name: dict[str, list] = defaultdict(list)
+    for lp, blobs in model_layers:
+        by_name[lp.name].append(blobs)
+    seen: dict[str, int] = defaultdict(int)
+    for layer in g.layers:
+        k = seen[layer.name]
+        seen[layer.name] += 1
+        cands = by_name.get(layer.name)
+        if not cands:
+            continue
+        raw = cands[min(k, len(cands) - 1)]
+        if not raw:
+            continue
+        layer.blobs = [rb.array for rb in raw]
+        layer.meta["legacy_blob_shape"] = [rb.legacy_shape for rb in raw]
+
+
+def check_weights(g: Graph, weights_file: str | None) -> None:
+    """Every layer whose type needs learned blobs must have them, with the
+    right count and element count; legacy 4-D blob shapes are reshaped to the
+    shape the layer expects."""
+    try:
+        shapes = g.infer_value_shapes()
+    except Exception:  # noqa: BLE001 - shapes unknown (inputs without shape, unknown types)
+        shapes = None
+    src = weights_file or g.source
+    for layer in g.layers:
+        ldef = get_layer_def(layer.type)
+        if ldef is None:
+            continue
+        if layer.blobs:
+            for i, b in enumerate(layer.blobs):
+                if b.dtype.kind == "f" and b.size and not np.isfinite(b).all():
+                    raise WeightsError(f"{src}: layer '{layer.name}' blob {i} contains NaN or Inf")
+        if ldef.min_blobs and len(layer.blobs) < ldef.min_blobs:
+            if not layer.blobs:
+                raise WeightsError(f"{src}: layer '{layer.name}' ({layer.type}) needs learned "
+                                   "weights but the caffemodel has none for it")
+            raise WeightsError(f"{src}: layer '{layer.name}' ({layer.type}) needs at least "
+                               f"{ldef.min_blobs} blobs, found {len(layer.blobs)}")
+        if shapes is None or not layer.blobs:
+            continue
+        ins = [shapes[v] for v in g.input_values(layer)]
+        try:
+            want = ldef.param_shapes(layer, ins)
+        except Exception:  # noqa: BLE001
+            continue
+        if not want:
+            continue
+        if len(layer.blobs) != len(want):
+            raise WeightsError(f"{src}: layer '{layer.name}' ({layer.type}) has {len(layer.blobs)} "
+                               f"blobs, expected {len(want)} with shapes {want}")
+        legacy = layer.meta.pop("legacy_blob_shape", [False] * len(want))
+        for i, (b, w) in enumerate(zip(layer.blobs, want)):
+            w = tuple(w)
+            if tuple(b.shape) == w:
+                continue
+            if int(np.prod(w)) == b.size and (legacy[i] if i < len(legacy) else False):
+                layer.blobs[i] = b.reshape(w)
+                continue
+            raise WeightsError(f"{src}: layer '{layer.name}' ({layer.type}) blob {i} has shape "
+                               f"{tuple(b.shape)}, expected {w}")
+
+
+def load_caffe(model_file: str, weights_file: str | None = None, *, check: bool = True) -> Graph:
+    """Load a prototxt and optional caffemodel into a ``Graph`` (TEST phase)."""
+    net = parse_prototxt(model_file)
+    g = graph_from_netparam(net, model_file)
+    g.check()
+    if weights_file is not None:
+        _, model_layers = read_caffemodel(weights_file)
+        attach_weights(g, model_layers, weights_file)
+    for layer in g.layers:
+        layer.meta.setdefault("legacy_blob_shape", [False] * len(layer.blobs))
+    if check:
+        check_weights(g, weights_file) if weights_file is not None else None
+    for layer in g.layers:
+        layer.meta.pop("legacy_blob_shape", None)
+    g.declared_outputs = g.outputs
+    return g
+
+
+def load_binary_net(weights_file: str) -> Graph:
+    """Build a graph from a caffemodel alone (its layers and blobs, V2 form)."""
+    net, model_layers = read_caffemodel(weights_file)
+    for lp, _ in model_layers:
+        net.layer.add().CopyFrom(lp)
+    g = graph_from_netparam(net, weights_file)
+    for layer, (_, raw) in zip(g.layers, model_layers):
+        layer.blobs = [rb.array for rb in raw]
+    return g
+
+
+def is_file(path: str) -> bool:
+    return os.path.isfile(path)
