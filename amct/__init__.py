@@ -19,8 +19,21 @@ _EXPORTS = {
     "LayerDef": "amct.ir",
     "register_layer": "amct.ir",
     "register_function_layer": "amct.ir",
+    # AMCT-compatible PTQ flow (amct/api.py)
+    "create_quant_config": "amct.api",
+    "init": "amct.api",
+    "quantize_model": "amct.api",
+    "save_model": "amct.api",
+    "convert_model": "amct.api",
+    "quantize": "amct.api",
+    "accuracy_based_auto_calibration": "amct.auto_calibration",
+    "ModelEvaluator": "amct.auto_calibration",
+    # pass framework (amct/passes)
+    "register_pass": "amct.passes",
+    "PassManager": "amct.passes",
 }
-_SUBMODULES = {"runtime", "ir", "passes", "layers", "errors", "proto", "frontends", "backends"}
+_SUBMODULES = {"runtime", "ir", "passes", "layers", "errors", "proto", "frontends", "backends",
+               "quant", "data", "cli", "report", "config"}
 
 __all__ = sorted(_EXPORTS)
 
