@@ -43,6 +43,12 @@ class LayerDef:
         make random ones).  Empty for parameter-free layers."""
         return []
 
+    def bind(self, layer, graph) -> None:
+        """Called by the runtime before ``build`` with the whole graph, for the
+        few layer types whose behaviour depends on their neighbours (e.g. a
+        Quant layer in a deploy model emits integers because its object layer
+        carries int8 weights).  May set ``layer.meta`` entries; default: nothing."""
+
     def build(self, layer, in_shapes: list[Shape]) -> Kernel:
         raise UnsupportedLayerError(
             f"layer '{layer.name}': type '{self.type}' has no runtime kernel")
