@@ -1,0 +1,462 @@
+"""Compile a ``Graph`` into an execution plan and run it on numpy arrays.
+
+A ``Program`` is the graph lowered for one set of input shapes: one ``Step``
+per layer, in execution order, each holding the layer's built kernel and the
+value ids (SSA versions of Caffe blobs, see ``amct.ir.graph``) it reads and
+writes.  Running the plan keeps a dict ``value id -> array``; a value is
+dropped right after its last reader has run unless the caller asked to keep
+it, so a forward pass over a deep net holds only the live activations.
+
+Observers let other code (calibration, sensitivity analysis, the golden
+tests) look at every output the moment it is produced, without the executor
+keeping a copy of each activation.
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import Callable, Iterable, Mapping, Sequence
+
+import attrs
+import numpy as np
+
+from amct.errors import AmctError, DataError, GraphError, ShapeError, UnsupportedLayerError
+from amct.ir.graph import INPUT_TYPES, Graph, blob_of
+from amct.ir.layer import Layer
+from amct.ir.registry import Kernel, LayerDef, Shape, require_layer_def
+
+log = logging.getLogger("amct.runtime")
+
+#: ``fn(layer, top_index, blob_name, value_id, array)``; its return value is ignored.
+Observer = Callable[[Layer, int, str, str, np.ndarray], None]
+
+# How many compiled plans (one per distinct set of input shapes) a Program
+# caches; forward_all alternates between a full and a last partial batch.
+_PLAN_CACHE_SIZE = 4
+
+
+class ExecutionError(AmctError, RuntimeError):
+    """A layer's kernel failed or returned outputs that break its contract."""
+
+
+@attrs.define(eq=False)
+class Step:
+    """One layer of a compiled plan."""
+
+    index: int
+    layer: Layer
+    ldef: LayerDef | None            # None for Input layers (fed from outside)
+    kernel: Kernel | None
+    in_vids: list[str]
+    out_vids: list[str]
+    in_shapes: list[Shape]
+    out_shapes: list[Shape]
+
+    @property
+    def is_input(self) -> bool:
+        return self.layer.type in INPUT_TYPES
+
+
+@attrs.define(eq=False)
+class _ObserverEntry:
+    fn: Observer
+    blobs: frozenset[str] | None     # blob names or value ids; None: all
+    layers: frozenset[str] | None    # layer names; None: all
+
+    def wants(self, layer: Layer, blob: str, vid: str) -> bool:
+        if self.layers is not None and layer.name not in self.layers:
+            return False
+        return self.blobs is None or blob in self.blobs or vid in self.blobs
+
+
+@attrs.define(eq=False)
+class _Plan:
+    shapes_key: tuple
+    steps: list[Step]
+    value_shapes: dict[str, Shape]
+
+
+def _identity_kernel(n_out: int) -> Kernel:
+    # Layers flagged ``identity`` (Split, Dropout in TEST) pass their first
+    # input through; a kernel never writes into inputs, so sharing is safe.
+    return lambda xs: [xs[0]] * n_out
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    """A read-only view, so an observer cannot corrupt a value still in use."""
+    if not isinstance(a, np.ndarray) or not a.flags.writeable:
+        return a
+    v = a.view()
+    v.flags.writeable = False
+    return v
+
+
+def _as_float32(name: str, x) -> np.ndarray:
+    try:
+        return np.asarray(x, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"input '{name}': cannot convert to a float32 array: {e}") from e
+
+
+class Program:
+    """A ``Graph`` compiled for execution.
+
+    Build it with ``compile(graph)``.  The program follows the graph: if the
+    layer list changes (layers added, removed or rewired) it re-compiles on
+    the next run; if a layer's weights or parameters are edited in place,
+    call ``rebuild(layers)`` so its kernel is built again.
+    """
+
+    def __init__(self, graph: Graph, input_shapes: Mapping[str, Sequence[int]] | None = None,
+                 batch_size: int | None = None):
+        self.graph = graph
+        self._observers: list[_ObserverEntry] = []
+        self._plans: OrderedDict[tuple, _Plan] = OrderedDict()
+        self._structure = self._fingerprint()
+        self._plan = self._compile(self._resolve_inputs(input_shapes, batch_size))
+
+    # ----------------------------------------------------------- compilation
+    def _fingerprint(self) -> tuple:
+        return tuple((id(x), x.name, x.type, tuple(x.bottoms), tuple(x.tops))
+                     for x in self.graph.layers)
+
+    def _resolve_inputs(self, given: Mapping[str, Sequence[int]] | None = None,
+                        batch_size: int | None = None) -> dict[str, Shape]:
+        """Input shapes: declared ones (batch axis replaced by ``batch_size``)
+        overridden by ``given``; only blobs that are inputs of the graph now."""
+        names = self.graph.inputs
+        shapes = {k: tuple(v) for k, v in self.graph.input_shapes().items() if k in names}
+        if batch_size is not None:
+            shapes = {k: (int(batch_size),) + v[1:] if v else v for k, v in shapes.items()}
+        for k, v in (given or {}).items():
+            if k not in names:
+                raise DataError(f"net '{self.graph.name}' ({self.graph.source}): '{k}' is not an "
+                                f"input blob (inputs: {names})")
+            shapes[k] = tuple(int(d) for d in v)
+        return shapes
+
+    def _compile(self, input_shapes: dict[str, Shape]) -> _Plan:
+        key = tuple(sorted((k, tuple(v)) for k, v in input_shapes.items()))
+        if key in self._plans:
+            self._plans.move_to_end(key)
+            return self._plans[key]
+        g = self.graph
+        vshapes = g.infer_value_shapes(input_shapes)
+        steps = []
+        for i, layer in enumerate(g.layers):
+            ins, outs = g.input_values(layer), g.output_values(layer)
+            step = Step(i, layer, None, None, ins, outs, [vshapes[v] for v in ins],
+                        [vshapes[v] for v in outs])
+            if not step.is_input:
+                step.ldef = require_layer_def(layer)
+                step.kernel = self._build(step)
+            steps.append(step)
+        plan = _Plan(key, steps, vshapes)
+        self._plans[key] = plan
+        while len(self._plans) > _PLAN_CACHE_SIZE:
+            self._plans.popitem(last=False)
+        log.debug("compiled '%s' for inputs %s (%d layers)", g.name, dict(key), len(steps))
+        return plan
+
+    def _build(self, step: Step) -> Kernel:
+        layer, ldef = step.layer, step.ldef
+        ldef.bind(layer, self.graph)
+        try:
+            return ldef.build(layer, list(step.in_shapes))
+        except UnsupportedLayerError:
+            if ldef.identity:
+                return _identity_kernel(len(layer.tops))
+            raise
+
+    def recompile(self, input_shapes: Mapping[str, Sequence[int]] | None = None) -> None:
+        """Re-resolve the graph and re-build every kernel (for the current
+        input shapes unless new ones are given).  Clears cached plans."""
+        current = {k: v for k, v in self.input_shapes.items() if k in self.graph.inputs}
+        current.update(input_shapes or {})
+        self._plans.clear()
+        self._structure = self._fingerprint()
+        self._plan = self._compile(self._resolve_inputs(current))
+
+    def rebuild(self, layers: Iterable[Layer | str] | None = None) -> None:
+        """Build the kernels of ``layers`` (all when None) again, e.g. after
+        their weights were changed in place.  Other cached plans are dropped."""
+        if self._fingerprint() != self._structure:
+            self.recompile()
+            return
+        if layers is None:
+            self.recompile()
+            return
+        wanted = {x if isinstance(x, str) else id(x) for x in layers}
+        for key in list(self._plans):
+            if key != self._plan.shapes_key:
+                del self._plans[key]
+        for step in self._plan.steps:
+            if step.kernel is not None and (id(step.layer) in wanted or step.layer.name in wanted):
+                step.kernel = self._build(step)
+
+    def _ensure(self, input_shapes: dict[str, Shape]) -> None:
+        """Make the current plan match the graph structure and input shapes."""
+        if self._fingerprint() != self._structure:
+            self.recompile(input_shapes)
+            return
+        if all(self.input_shapes.get(k) == v for k, v in input_shapes.items()):
+            return
+        merged = dict(self.input_shapes)
+        merged.update(input_shapes)
+        try:
+            self._plan = self._compile(self._resolve_inputs(merged))
+        except ShapeError as e:
+            changed = {k: v for k, v in input_shapes.items() if self.input_shapes.get(k) != v}
+            raise DataError(f"net '{self.graph.name}' ({self.graph.source}): input shapes "
+                            f"{changed} do not fit the net: {e}") from e
+
+    # ------------------------------------------------------------ inspection
+    @property
+    def steps(self) -> list[Step]:
+        return list(self._plan.steps)
+
+    @property
+    def input_shapes(self) -> dict[str, Shape]:
+        return dict(self._plan.shapes_key)
+
+    @property
+    def value_shapes(self) -> dict[str, Shape]:
+        """Shape of every value id under the current input shapes."""
+        return dict(self._plan.value_shapes)
+
+    @property
+    def blob_shapes(self) -> dict[str, Shape]:
+        """Shape of every Caffe blob (its final version)."""
+        final = self.graph.dataflow().final
+        return {b: self._plan.value_shapes[v] for b, v in final.items()}
+
+    def step_index(self, layer: str | int | Layer) -> int:
+        """Position of a layer (by name, index or object) in the plan."""
+        if isinstance(layer, int):
+            if not -len(self._plan.steps) <= layer < len(self._plan.steps):
+                raise GraphError(f"net '{self.graph.name}': layer index {layer} out of range")
+            return layer % len(self._plan.steps)
+        if isinstance(layer, Layer):
+            return self.graph.index(layer)
+        return self.graph.index(self.graph.layer(layer))
+
+    # -------------------------------------------------------------- observers
+    def add_observer(self, fn: Observer, blobs: Iterable[str] | None = None,
+                     layers: Iterable[str] | None = None) -> Observer:
+        """Call ``fn(layer, top_index, blob_name, value_id, array)`` right after
+        a layer produces each of its outputs (restricted to ``blobs`` — Caffe
+        names or value ids — and/or ``layers`` when given).  ``array`` is a
+        read-only view of the live value, valid until the observer returns;
+        copy it to keep it.  Returns ``fn`` (a handle for ``remove_observer``)."""
+        self._observers.append(_make_entry(fn, blobs, layers))
+        return fn
+
+    def remove_observer(self, fn: Observer) -> None:
+        self._observers = [e for e in self._observers if e.fn is not fn]
+
+    # -------------------------------------------------------------- execution
+    def run(self, inputs: Mapping[str, np.ndarray], outputs: Iterable[str] | None = None,
+            keep: bool | Iterable[str] = False,
+            observers: Iterable[Observer | tuple] | None = None) -> dict[str, np.ndarray]:
+        """Run the whole net on ``inputs`` (Caffe input blob name -> array).
+
+        Returns ``{blob name: array}`` for ``outputs`` (default: the net
+        outputs); with ``keep=True`` every blob's final value is returned too,
+        and ``keep`` may also list extra blob names to return.  Arrays are
+        float32 (cast if needed); any input shape is accepted that the net's
+        layers can take (the kernels are re-built on a change).
+        """
+        names = list(self.graph.inputs)
+        missing = [n for n in names if n not in inputs]
+        unknown = [n for n in inputs if n not in names]
+        if missing or unknown:
+            raise DataError(f"net '{self.graph.name}' ({self.graph.source}): inputs are {names}; "
+                            + (f"missing {missing}" if missing else "")
+                            + ("; " if missing and unknown else "")
+                            + (f"not inputs: {unknown}" if unknown else ""))
+        want = list(self.graph.outputs if outputs is None else outputs)
+        if keep is True:
+            # Only the final version of each blob is kept (in-place chains
+            # are freed as they go), like Caffe's own blob memory.
+            want += [b for b in self.graph.dataflow().final if b not in want]
+        elif keep:
+            want += [b for b in keep if b not in want]
+        return self.forward(inputs, outputs=want, observers=observers)
+
+    def forward(self, feeds: Mapping[str, np.ndarray], *, start: str | int | Layer | None = None,
+                end: str | int | Layer | None = None, outputs: Iterable[str] | None = None,
+                keep: bool | Iterable[str] = False, by_blob: bool = False,
+                observers: Iterable[Observer | tuple] | None = None) -> dict[str, np.ndarray]:
+        """Run the layers ``start`` .. ``end`` (inclusive; names, indices or
+        Layer objects; default: the whole net).
+
+        ``feeds`` supplies what the range reads but does not produce: keys are
+        value ids (``"conv1@1"``) or Caffe blob names (then: the value the
+        blob holds when the range starts).  Input layers in the range take
+        their blob from ``feeds``.
+
+        Returns ``{key: array}`` for each key of ``outputs`` (default: the net
+        outputs, or the tops of ``end`` when given) and of ``keep``; a blob
+        name means its latest version written in the range.  Values are
+        freed after their last reader unless kept: ``keep=True`` keeps every
+        value and returns them all too — keyed by value id, or with
+        ``by_blob=True`` by blob name (latest version of each blob).
+        """
+        if self._fingerprint() != self._structure:
+            self._ensure({})
+        i0 = 0 if start is None else self.step_index(start)
+        i1 = len(self._plan.steps) - 1 if end is None else self.step_index(end)
+        if i1 < i0:
+            raise GraphError(f"net '{self.graph.name}': end layer (#{i1}) comes before the "
+                             f"start layer (#{i0})")
+        # Input shapes: fed net inputs decide the plan.
+        fed_inputs: dict[str, np.ndarray] = {}
+        for step in self._plan.steps[i0:i1 + 1]:
+            if step.is_input:
+                for t, vid in zip(step.layer.tops, step.out_vids):
+                    key = vid if vid in feeds else t
+                    if key not in feeds:
+                        raise DataError(f"net '{self.graph.name}': input blob '{t}' is not fed")
+                    fed_inputs[t] = _as_float32(t, feeds[key])
+        shape_change = {t: tuple(a.shape) for t, a in fed_inputs.items()}
+        for t, s in shape_change.items():
+            declared = self.input_shapes.get(t)
+            if declared is not None and len(s) != len(declared):
+                raise DataError(f"net '{self.graph.name}': input '{t}' has shape {s}, the net "
+                                f"expects {len(declared)} axes like {declared}")
+        self._ensure(shape_change)
+        steps = self._plan.steps[i0:i1 + 1]
+
+        if outputs is not None:
+            want_out = list(outputs)
+        elif end is not None:
+            want_out = list(steps[-1].layer.tops)
+        else:
+            want_out = list(self.graph.outputs)
+        keep_all = keep is True
+        keep_keys = set() if isinstance(keep, bool) else set(keep)
+
+        # Latest version of each blob within the range, to resolve blob names.
+        latest: dict[str, str] = {}
+        for step in steps:
+            for v in step.out_vids:
+                latest[blob_of(v)] = v
+        kept_vids: set[str] = set()
+        for k in list(keep_keys) + want_out:
+            kept_vids.add(latest.get(k, k))
+        # Last reader (step position) of each value inside the range.
+        last_use: dict[str, int] = {}
+        for pos, step in enumerate(steps):
+            for v in step.in_vids:
+                last_use[v] = pos
+        free_after: list[list[str]] = [[] for _ in steps]
+        if not keep_all:
+            for v, pos in last_use.items():
+                if v not in kept_vids:
+                    free_after[pos].append(v)
+            # Values nobody in the range reads (and nobody asked for) go at once.
+            for pos, step in enumerate(steps):
+                free_after[pos].extend(v for v in step.out_vids
+                                       if v not in last_use and v not in kept_vids)
+
+        entries = list(self._observers) + [
+            o if isinstance(o, _ObserverEntry) else _make_entry(*(o if isinstance(o, tuple) else (o,)))
+            for o in (observers or ())]
+
+        values: dict[str, np.ndarray] = {}
+        produced = {v for step in steps for v in step.out_vids}
+        for step in steps:
+            for v, t in zip(step.in_vids, step.layer.bottoms):
+                if v in produced or v in values:
+                    continue
+                # A plain blob name stands for the value the blob holds when
+                # the range starts, i.e. the version its first reader sees.
+                key = v if v in feeds else t if t in feeds else None
+                if key is None:
+                    raise DataError(f"net '{self.graph.name}': layer '{step.layer.name}' reads "
+                                    f"'{t}' (value {v}) which is produced before the start "
+                                    "layer; feed it")
+                values[v] = np.asarray(feeds[key])
+
+        for pos, step in enumerate(steps):
+            layer = step.layer
+            if step.is_input:
+                outs = [fed_inputs[t] for t in layer.tops]
+            else:
+                ins = [values[v] for v in step.in_vids]
+                outs = self._call(step, ins)
+            for j, (v, a) in enumerate(zip(step.out_vids, outs)):
+                values[v] = a
+                if entries:
+                    b = layer.tops[j]
+                    view = None
+                    for e in entries:
+                        if e.wants(layer, b, v):
+                            if view is None:
+                                view = _readonly(a)
+                            e.fn(layer, j, b, v, view)
+            for v in free_after[pos]:
+                values.pop(v, None)
+
+        result: dict[str, np.ndarray] = {}
+        if keep_all and by_blob:
+            result.update((b, values[v]) for b, v in latest.items())
+        elif keep_all:
+            result.update(values)
+        for k in want_out + sorted(keep_keys):
+            v = latest.get(k, k)
+            if v in values:
+                result[k] = values[v]
+            elif v in feeds:
+                result[k] = np.asarray(feeds[v])
+            else:
+                raise GraphError(f"net '{self.graph.name}': '{k}' is not a blob or value id "
+                                 f"produced between layers #{i0} and #{i1}")
+        return result
+
+    def _call(self, step: Step, ins: list[np.ndarray]) -> list[np.ndarray]:
+        layer = step.layer
+        try:
+            outs = step.kernel(ins)
+        except AmctError:
+            raise
+        except Exception as e:  # noqa: BLE001 - re-raised with the layer named
+            raise ExecutionError(f"layer '{layer.name}' ({layer.type}) failed on inputs "
+                                 f"{[tuple(np.shape(x)) for x in ins]}: "
+                                 f"{type(e).__name__}: {e}") from e
+        outs = list(outs) if outs is not None else []
+        if len(outs) != len(layer.tops):
+            raise ExecutionError(f"layer '{layer.name}' ({layer.type}): kernel returned "
+                                 f"{len(outs)} outputs for {len(layer.tops)} tops")
+        for j, a in enumerate(outs):
+            if not isinstance(a, np.ndarray):
+                outs[j] = a = np.asarray(a)
+            if a.shape != step.out_shapes[j]:
+                raise ExecutionError(f"layer '{layer.name}' ({layer.type}): top {j} "
+                                     f"'{layer.tops[j]}' has shape {a.shape}, shape inference "
+                                     f"says {step.out_shapes[j]}")
+        return outs
+
+
+def _make_entry(fn: Observer, blobs: Iterable[str] | None = None,
+                layers: Iterable[str] | None = None) -> _ObserverEntry:
+    if not callable(fn):
+        raise TypeError(f"observer {fn!r} is not callable")
+    return _ObserverEntry(fn, None if blobs is None else frozenset(blobs),
+                          None if layers is None else frozenset(layers))
+
+
+def compile(graph: Graph, input_shapes: Mapping[str, Sequence[int]] | None = None,
+            batch_size: int | None = None) -> Program:  # noqa: A001 - public API name
+    """Compile ``graph`` for the declared input shapes (overridden by
+    ``input_shapes``, or the batch axis by ``batch_size``)."""
+    return Program(graph, input_shapes, batch_size)
+
+
+def run(graph: Graph, inputs: Mapping[str, np.ndarray], outputs: Iterable[str] | None = None,
+        keep: bool | Iterable[str] = False,
+        observers: Iterable[Observer | tuple] | None = None) -> dict[str, np.ndarray]:
+    """Compile ``graph`` for the shapes of ``inputs`` and run it once."""
+    shapes = {k: np.shape(v) for k, v in inputs.items()}
+    prog = Program(graph, {k: s for k, s in shapes.items() if k in graph.inputs})
+    return prog.run(inputs, outputs=outputs, keep=keep, observers=observers)
