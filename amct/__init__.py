@@ -29,11 +29,21 @@ _EXPORTS = {
     "accuracy_based_auto_calibration": "amct.auto_calibration",
     "ModelEvaluator": "amct.auto_calibration",
     # pass framework (amct/passes)
+    "QuantizeResult": "amct.api",
+    "quantized_graph": "amct.api",
+    "QuantConfig": "amct.config",
+    "capture_inputs": "amct.runtime",
+    "AutoCalibrationEvaluatorBase": "amct.auto_calibration",
+    # pass framework (amct/passes)
     "register_pass": "amct.passes",
     "PassManager": "amct.passes",
+    "pipeline": "amct.passes",
+    "PassContext": "amct.passes",
+    "Pass": "amct.passes",
+    "PassResult": "amct.passes",
 }
 _SUBMODULES = {"runtime", "ir", "passes", "layers", "errors", "proto", "frontends", "backends",
-               "quant", "data", "cli", "report", "config"}
+               "quant", "data", "cli", "report", "config", "api", "auto_calibration"}
 
 __all__ = sorted(_EXPORTS)
 

@@ -18,7 +18,8 @@ import logging
 from amct import proto  # noqa: F401  (pycaffe scripts use caffe.proto.caffe_pb2)
 from amct.ir.registry import LayerDef, register_function_layer, register_layer, unregister_layer
 from amct.runtime import io  # noqa: F401  (caffe.io)
-from amct.runtime.executor import ExecutionError, Observer, Program, Step, compile, run
+from amct.runtime.executor import (ExecutionError, Observer, Program, Step, capture_inputs, compile,
+                                   run)
 from amct.runtime.net import TEST, TRAIN, Blob, Net, UnsupportedPhaseError
 
 import amct.proto.caffe_pb2  # noqa: E402,F401  (makes proto.caffe_pb2 an attribute)
@@ -28,7 +29,7 @@ log = logging.getLogger("amct.runtime")
 __all__ = ["compile", "run", "Program", "Step", "Observer", "ExecutionError", "Net", "Blob",
            "TEST", "TRAIN", "set_mode_cpu", "set_mode_gpu", "set_device", "set_random_seed",
            "io", "register_layer", "register_function_layer", "unregister_layer", "LayerDef",
-           "UnsupportedPhaseError"]
+           "UnsupportedPhaseError", "capture_inputs"]
 
 
 def set_mode_cpu() -> None:

@@ -13,9 +13,10 @@ keeping a copy of each activation.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import OrderedDict
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import attrs
 import numpy as np
@@ -318,6 +319,9 @@ class Program:
                     if key not in feeds:
                         raise DataError(f"net '{self.graph.name}': input blob '{t}' is not fed")
                     fed_inputs[t] = _as_float32(t, feeds[key])
+        if _INPUT_TAPS and i0 == 0:
+            for tap in list(_INPUT_TAPS):
+                tap(self.graph, fed_inputs)
         shape_change = {t: tuple(a.shape) for t, a in fed_inputs.items()}
         for t, s in shape_change.items():
             declared = self.input_shapes.get(t)
@@ -436,6 +440,28 @@ class Program:
                                      f"'{layer.tops[j]}' has shape {a.shape}, shape inference "
                                      f"says {step.out_shapes[j]}")
         return outs
+
+
+# Callbacks ``fn(graph, inputs)`` seeing the inputs of every whole-net forward
+# in this process (see ``capture_inputs``).
+_INPUT_TAPS: list = []
+
+
+@contextlib.contextmanager
+def capture_inputs() -> Iterator[list[dict[str, np.ndarray]]]:
+    """Record (copies of) the inputs of every full forward pass run inside the
+    block, by any Program or Net.  Automatic calibration uses it to replay the
+    user's calibration batches without knowing how the user feeds them."""
+    seen: list[dict[str, np.ndarray]] = []
+
+    def tap(graph, inputs):
+        seen.append({k: np.array(v, copy=True) for k, v in inputs.items()})
+
+    _INPUT_TAPS.append(tap)
+    try:
+        yield seen
+    finally:
+        _INPUT_TAPS.remove(tap)
 
 
 def _make_entry(fn: Observer, blobs: Iterable[str] | None = None,

@@ -1,0 +1,41 @@
+"""The pipelines the API runs, as editable ``PassManager`` templates.
+
+``pipeline("calibration")`` (quantize_model), ``pipeline("quantize")``
+(save_model) and ``pipeline("convert")`` (convert_model) return the managers
+the API copies before every run, so a user customises the AMCT-compatible
+flow without touching its signatures::
+
+    amct.passes.pipeline("calibration").insert_before("fuse_conv_bn_scale", MyPass())
+    amct.passes.pipeline("calibration").disable("fold_bn_scale_into_next_conv")
+
+``reset_pipelines()`` restores the built-in lists.
+"""
+from __future__ import annotations
+
+from amct.errors import PassError
+from amct.passes.manager import PassManager
+
+FUSION_PIPELINE = ("fuse_conv_bn_scale", "fold_bn_scale_into_next_conv")
+CALIBRATION_PIPELINE = FUSION_PIPELINE + ("mark_quant_layers", "quantize_weights",
+                                          "insert_calibration")
+QUANTIZE_PIPELINE = ("remove_calibration", "build_layer_quant", "quantize_bias", "insert_quant",
+                     "insert_dequant")
+CONVERT_PIPELINE = FUSION_PIPELINE + ("mark_quant_layers", "quantize_weights") + QUANTIZE_PIPELINE
+
+_BUILTIN = {"calibration": CALIBRATION_PIPELINE, "quantize": QUANTIZE_PIPELINE,
+            "convert": CONVERT_PIPELINE}
+_TEMPLATES: dict[str, PassManager] = {}
+
+
+def pipeline(kind: str) -> PassManager:
+    """The (mutable) template of pipeline ``kind``: calibration, quantize or convert."""
+    if kind not in _BUILTIN:
+        raise PassError(f"unknown pipeline '{kind}' (known: {', '.join(_BUILTIN)})")
+    if kind not in _TEMPLATES:
+        _TEMPLATES[kind] = PassManager(_BUILTIN[kind])
+    return _TEMPLATES[kind]
+
+
+def reset_pipelines() -> None:
+    """Forget every customisation of the pipeline templates."""
+    _TEMPLATES.clear()
