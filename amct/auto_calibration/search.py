@@ -77,7 +77,7 @@ def accuracy_based_auto_calibration(model_file: str, weights_file: str,
 
     # 1. The float metric.
     original = model_evaluator.evaluate(model_file, weights_file)
-    note("float", metric=original)
+    note("float", metric=original, explain="metric of the float model: the reference")
 
     # 2. Calibrate every quantizable layer once.  Activation factors are
     # collected on the float (modified) model, so they do not depend on which
@@ -105,7 +105,9 @@ def accuracy_based_auto_calibration(model_file: str, weights_file: str,
     metric = model_evaluator.evaluate(*fq)
     ok, loss = model_evaluator.metric_eval(original, metric)
     evaluations = 2
-    note("all_quantized", fallback=[], metric=metric, loss=loss, ok=bool(ok))
+    note("all_quantized", fallback=[], metric=metric, loss=loss, ok=bool(ok),
+         explain=("every quantizable layer in INT8 " + ("meets the metric: no fallback needed"
+                  if ok else "fails the metric: rank layers and search for a fallback set")))
 
     # 4. Sensitivity on the calibration inputs: fused float graph vs fake-quant.
     from amct.frontends.caffe import load_caffe
@@ -121,7 +123,9 @@ def accuracy_based_auto_calibration(model_file: str, weights_file: str,
         {"sensitivity": sens.name or type(sens).__name__,
          "note": "ascending similarity: the first layers are the most sensitive",
          "ranking": [{"layer": k, "similarity": v} for k, v in ranking]}, indent=2) + "\n")
-    note("sensitivity", ranking=[[k, round(v, 8)] for k, v in ranking])
+    note("sensitivity", ranking=[[k, round(v, 8)] for k, v in ranking],
+         explain=f"{sens.name or type(sens).__name__} of each layer's float vs fake-quant output "
+                 "on the calibration inputs; the least similar layers fall back first")
 
     fallback: list[str] = []
     final_metric = metric
@@ -139,7 +143,9 @@ def accuracy_based_auto_calibration(model_file: str, weights_file: str,
             good, lo = model_evaluator.metric_eval(original, m)
             evaluations += 1
             results[k] = (bool(good), m, lo)
-            note("trial", fallback_count=k, fallback=order[:k], metric=m, loss=lo, ok=bool(good))
+            note("trial", fallback_count=k, fallback=order[:k], metric=m, loss=lo, ok=bool(good),
+                 explain=(f"{k} least similar layer(s) in float: metric "
+                          + ("accepted, try fewer" if good else "rejected, try more")))
             return bool(good)
 
         k = strat.search(len(order), trial)
@@ -159,7 +165,8 @@ def accuracy_based_auto_calibration(model_file: str, weights_file: str,
     final_record = prefix + "_record.txt"
     rec.write_record(final_record, {k: full[k] for k in keep})
     api.convert_model(model_file, weights_file, final_record, prefix)
-    note("final", fallback=fallback, metric=final_metric)
+    note("final", fallback=fallback, metric=final_metric,
+         explain=f"smallest accepted fallback set: {len(fallback)} of {len(quantized)} layers in float")
     history_file = _write_history(prefix, history, original, final_metric, fallback, evaluations)
     return AutoCalibrationResult(original, final_metric, fallback, ranking, evaluations, prefix,
                                  history_file, ranking_file)
