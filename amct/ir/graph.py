@@ -25,6 +25,7 @@ import networkx as nx
 import numpy as np
 
 from amct.errors import (DuplicateNameError, GraphCycleError, GraphError, MissingBottomError,
+                         UnsupportedLayerError,
                          ShapeError)
 from amct.ir.layer import Layer
 from amct.ir.registry import Shape, require_layer_def
@@ -271,31 +272,55 @@ class Graph:
     def bypass(self, layer: Layer) -> None:
         """Remove a one-in/one-out layer, joining its input to its readers.
 
-        The producer of its input takes over the removed layer's output name
-        when nothing else reads the producer's output, so blob names seen by the
-        rest of the net (and net outputs) are unchanged.
+        In place (``x -> x``): the layer is dropped; readers of its version of
+        ``x`` read the previous one.  Otherwise (``x -> y``): when the producer
+        of ``x`` is neither an input nor read by anyone else, it takes over the
+        name ``y``, so every blob name seen by the rest of the net (net outputs
+        included) is unchanged; else the readers of ``y`` are rewired to ``x``.
+        Refused (``GraphError``, graph unchanged) when that would change what a
+        reader sees: ``y`` is a net output that would disappear, or ``x`` is
+        rewritten in place between the layer and one of its readers.
         """
         if len(layer.bottoms) != 1 or len(layer.tops) != 1:
-            raise GraphError(f"layer '{layer.name}': only one-in/one-out layers can be bypassed")
+            raise GraphError(f"{self.source}: layer '{layer.name}': only one-in/one-out layers "
+                             "can be bypassed")
         src = self.producer(layer, 0)
-        top = layer.tops[0]
-        if layer.bottoms[0] == top:           # in place: nothing to rename
+        top, bottom = layer.tops[0], layer.bottoms[0]
+        if bottom == top:           # in place: the previous version takes its place
             self.remove_layer(layer)
             return
+        flow = self.dataflow()
+        source_vid = flow.inputs[id(layer)][0]
         readers = self.consumers(layer, 0)
-        if src is not None and len(self.consumers(src[0], src[1])) == 1:
-            # The producer is the last writer of the input, so renaming its top
-            # cannot affect any other reader.
+        if src is not None and src[0].type not in INPUT_TYPES \
+                and len(self.consumers(src[0], src[1])) == 1:
+            # Renaming the producer's top is invisible to everyone else: this
+            # layer is its only reader, so ``x`` (that version) is no net output.
             self.remove_layer(layer)
             src[0].tops[src[1]] = top
             return
+        if not readers and flow.final.get(top) == flow.outputs[id(layer)][0]:
+            raise GraphError(f"{self.source}: cannot bypass layer '{layer.name}': its top '{top}' "
+                             f"is a net output and '{bottom}' is also read elsewhere or is a net input")
+        index = self.index(layer)
         self.remove_layer(layer)
         for c, i in readers:
-            c.bottoms[i] = layer.bottoms[0]
+            c.bottoms[i] = bottom
+        seen = self.dataflow().inputs
+        if any(seen[id(c)][i] != source_vid for c, i in readers):
+            self._layers.insert(index, layer)       # undo: restore the old wiring
+            for c, i in readers:
+                c.bottoms[i] = top
+            raise GraphError(f"{self.source}: cannot bypass layer '{layer.name}': blob '{bottom}' "
+                             "is rewritten in place before a reader of its output")
 
     def toposort(self) -> None:
         """Reorder layers so every read follows its write and precedes the next
-        in-place rewrite of the same blob; otherwise keep the current order."""
+        in-place rewrite of the same blob; otherwise keep the current order.
+
+        A bottom that no earlier layer writes (after a pass moved or rewired
+        layers) reads the first write of that name wherever it is.  Raises
+        ``GraphCycleError`` when no order satisfies all reads."""
         flow = self.dataflow()
         g = nx.DiGraph()
         pos = {id(x): i for i, x in enumerate(self._layers)}
@@ -316,6 +341,15 @@ class Graph:
                         g.add_edge(id(r), id(writer))
                 if prev in flow.producer:
                     g.add_edge(id(flow.producer[prev][0]), id(writer))
+        # Reads that no earlier layer satisfies (a pass moved or rewired
+        # something): bind them to the first write of that name anywhere, and
+        # keep them before its next in-place rewrite.
+        for layer, _, b in flow.missing:
+            if b in flow.producer:
+                g.add_edge(id(flow.producer[b][0]), id(layer))
+                nxt = value_id(b, 1)
+                if nxt in flow.producer and flow.producer[nxt][0] is not layer:
+                    g.add_edge(id(layer), id(flow.producer[nxt][0]))
         try:
             order = list(nx.lexicographical_topological_sort(g, key=pos.get))
         except nx.NetworkXUnfeasible as e:
@@ -368,6 +402,8 @@ class Graph:
                 "which no earlier layer produces")
         seen: set[str] = set()
         for layer in self._layers:
+            if len(set(layer.tops)) != len(layer.tops):
+                raise DuplicateNameError(f"{self.source}: layer '{layer.name}' lists a top twice")
             for j, t in enumerate(layer.tops):
                 in_place = j < len(layer.bottoms) and layer.bottoms[j] == t
                 if t in seen and not in_place:
@@ -375,8 +411,6 @@ class Graph:
                         f"{self.source}: layer '{layer.name}' writes blob '{t}' which an earlier "
                         "layer already produces (only in-place layers, top i == bottom i, may)")
                 seen.add(t)
-            if len(set(layer.tops)) != len(layer.tops):
-                raise DuplicateNameError(f"{self.source}: layer '{layer.name}' lists a top twice")
 
     # ------------------------------------------------------------------ shapes
     def input_shapes(self) -> dict[str, Shape]:
@@ -410,25 +444,34 @@ class Graph:
                                          "pass input_shapes")
                     if batch_size is not None and t not in given and len(s) > 0:
                         s = (int(batch_size),) + tuple(s[1:])
+                    if any(d <= 0 for d in s):
+                        raise ShapeError(f"{self.source}: input '{t}' (layer '{layer.name}') has "
+                                         f"shape {tuple(s)}; every dimension must be positive")
                     outs.append(tuple(s))
             else:
                 ins = [shapes[v] for v in flow.inputs[id(layer)]]
-                ldef = require_layer_def(layer)
+                try:
+                    ldef = require_layer_def(layer)
+                except UnsupportedLayerError as e:
+                    raise UnsupportedLayerError(f"{self.source}: {e}") from None
+                where = f"{self.source}: layer '{layer.name}' ({layer.type})"
                 try:
                     outs = [tuple(int(d) for d in s) for s in ldef.infer_shapes(layer, ins)]
                 except ShapeError as e:
                     if layer.name in str(e):
-                        raise
-                    raise ShapeError(f"layer '{layer.name}' ({layer.type}): {e}") from e
-                except (ValueError, IndexError, ZeroDivisionError, TypeError) as e:
-                    raise ShapeError(f"layer '{layer.name}' ({layer.type}): cannot infer output "
-                                     f"shape from inputs {ins}: {e}") from e
+                        raise ShapeError(f"{self.source}: {e}") from e
+                    raise ShapeError(f"{where}: {e}") from e
+                except (ValueError, LookupError, ArithmeticError, TypeError, AttributeError) as e:
+                    # A shape function tripping over odd parameters is still a
+                    # shape problem of this layer, not a crash of the toolkit.
+                    raise ShapeError(f"{where}: cannot infer output shape from inputs {ins}: "
+                                     f"{type(e).__name__}: {e}") from e
                 if len(outs) != len(layer.tops):
-                    raise ShapeError(f"layer '{layer.name}' ({layer.type}): produces {len(outs)} "
+                    raise ShapeError(f"{where}: produces {len(outs)} "
                                      f"outputs but lists {len(layer.tops)} tops")
                 for s in outs:
                     if any(d < 0 for d in s) or (len(s) and 0 in s and layer.type != "Silence"):
-                        raise ShapeError(f"layer '{layer.name}' ({layer.type}): invalid output "
+                        raise ShapeError(f"{where}: invalid output "
                                          f"shape {s} from inputs {ins}")
             for vid, s in zip(flow.outputs[id(layer)], outs):
                 shapes[vid] = s

@@ -29,9 +29,12 @@ def _read_text(path: str) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw[:e.start].count(b"\n") + 1
+        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        head = raw[:4096]
+        binary = b"\0" in head or sum(c < 9 or 13 < c < 32 for c in head) > len(head) // 20
+        hint = "; this looks like a binary file (a caffemodel?), not a prototxt" if binary else ""
         raise PrototxtSyntaxError(
-            f"{path}:{line}: not UTF-8 text (byte offset {e.start}); is this a binary caffemodel?"
-        ) from None
+            f"{path}:{line}:{col}: not UTF-8 text (byte offset {e.start}){hint}") from None
 
 
 def parse_prototxt(path: str, text: str | None = None) -> caffe_pb2.NetParameter:
@@ -70,30 +73,48 @@ def read_caffemodel(path: str) -> tuple[caffe_pb2.NetParameter, list[tuple[caffe
     except pb_message.DecodeError as e:
         raise CaffemodelError(f"{path}: corrupt net-level fields: {e}") from None
     out = []
-    for rl in raw_layers:
-        where = f"{path}: layer #{len(out)} at byte {rl.offset}"
+    legacy: list[tuple[caffe_pb2.V1LayerParameter, list]] = []
+    for k, rl in enumerate(raw_layers):
+        where = f"{path}: layer #{k} at byte {rl.offset}"
         try:
             if rl.kind == "v2":
                 lp = caffe_pb2.LayerParameter()
                 lp.ParseFromString(rl.header)
-            else:
-                v1 = caffe_pb2.V1LayerParameter()
-                v1.ParseFromString(rl.header)
-                if rl.v0_header is not None:
-                    v0 = caffe_pb2.V0LayerParameter()
-                    v0.ParseFromString(rl.v0_header)
-                    upgrade._v0_to_v1(v1, v0, where)
-                lp = upgrade.upgrade_v1_layer(v1, where)
+                out.append((lp, rl.blobs))
+                continue
+            v1 = caffe_pb2.V1LayerParameter()
+            v1.ParseFromString(rl.header)
+            if rl.v0_header is not None:
+                v1.layer.ParseFromString(rl.v0_header)
+            legacy.append((v1, rl.blobs))
         except pb_message.DecodeError as e:
             raise CaffemodelError(f"{where}: corrupt layer fields: {e}") from None
-        except ValueError as e:
-            raise CaffemodelError(f"{where}: {e}") from None
-        out.append((lp, rl.blobs))
+    if legacy:
+        out.extend(_upgrade_binary_legacy(legacy, path))
     if not out and len(buf) > 0 and not rest:
         raise CaffemodelError(f"{path}: holds no layers")
     if not out:
         raise CaffemodelError(f"{path}: holds no layers; is this a caffemodel?")
     return net, out
+
+
+def _upgrade_binary_legacy(legacy, path: str) -> list[tuple[caffe_pb2.LayerParameter, list]]:
+    """V1/V0 layers of a caffemodel (headers without blobs) -> V2, blobs kept
+    beside them.  The whole-net V0 upgrade runs so that ``padding`` layers
+    (which carry no blobs) merge into the layer after them, as on text nets."""
+    net = caffe_pb2.NetParameter()
+    for v1, _ in legacy:
+        net.layers.add().CopyFrom(v1)
+    try:
+        upgrade.upgrade_v0_layers(net, path)
+        upgraded = [upgrade.upgrade_v1_layer(x, path) for x in net.layers]
+    except ModelFormatError as e:
+        raise CaffemodelError(str(e)) from None
+    kept = [blobs for v1, blobs in legacy
+            if not (v1.HasField("layer") and v1.layer.type == "padding")]
+    if len(kept) != len(upgraded):   # upgrade_v0_layers drops exactly the padding layers
+        raise CaffemodelError(f"{path}: inconsistent V0 padding layers")
+    return list(zip(upgraded, kept))
 
 
 def graph_from_netparam(net: caffe_pb2.NetParameter, source: str) -> Graph:
@@ -108,6 +129,11 @@ def graph_from_netparam(net: caffe_pb2.NetParameter, source: str) -> Graph:
     for lp in net.layer:
         if not lp.type:
             raise ModelFormatError(f"{source}: layer '{lp.name}' has no type")
+        if lp.type == "Input":
+            for s in lp.input_param.shape:
+                if any(d < 0 for d in s.dim):
+                    raise ModelFormatError(f"{source}: input layer '{lp.name}' declares the negative "
+                                           f"shape {tuple(s.dim)}")
         g.add_layer(Layer.from_proto(lp, blobs=[]))
         if len(lp.blobs):
             from amct.ir.blobs import blobproto_to_array
@@ -137,6 +163,19 @@ def attach_weights(g: Graph, model_layers, weights_file: str) -> None:
         layer.meta["legacy_blob_shape"] = [rb.legacy_shape for rb in raw]
 
 
+def _all_finite(a: np.ndarray) -> bool:
+    """Whether every value of a float array is finite, without a mask as large as it.
+
+    A dot product is NaN/Inf whenever any element is (one fast BLAS pass); when
+    it is not finite the exact test decides, since huge finite weights can
+    overflow the dot too.  min/max propagate NaN and expose +-Inf."""
+    flat = a.reshape(-1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if np.isfinite(np.dot(flat, flat)):
+            return True
+    return bool(np.isfinite(flat.min()) and np.isfinite(flat.max()))
+
+
 def check_weights(g: Graph, weights_file: str | None) -> None:
     """Every layer whose type needs learned blobs must have them, with the
     right count and element count; legacy 4-D blob shapes are reshaped to the
@@ -152,7 +191,7 @@ def check_weights(g: Graph, weights_file: str | None) -> None:
             continue
         if layer.blobs:
             for i, b in enumerate(layer.blobs):
-                if b.dtype.kind == "f" and b.size and not np.isfinite(b).all():
+                if b.dtype.kind == "f" and b.size and not _all_finite(b):
                     raise WeightsError(f"{src}: layer '{layer.name}' blob {i} contains NaN or Inf")
         if ldef.min_blobs and len(layer.blobs) < ldef.min_blobs:
             if not layer.blobs:

@@ -17,6 +17,8 @@ uint64_data = 12; BlobShape.dim = 1.
 """
 from __future__ import annotations
 
+import contextlib
+import mmap
 import os
 from typing import IO, Iterable
 
@@ -178,7 +180,9 @@ def decode_blob(buf, start: int, end: int, where: str) -> RawBlob:
     else:
         arr = np.zeros(0, dtype=np.float32)
     if shape is None:
-        shape = legacy if has_legacy else [arr.size] if arr.size else [0]
+        # Caffe's Blob::ToProto writes no shape at all for a 0-d blob (e.g.
+        # PReLU/Normalize with channel_shared), and FromProto reads it back 0-d.
+        shape = legacy if has_legacy else [] if arr.size == 1 else [arr.size] if arr.size else [0]
         legacy_used = has_legacy
     else:
         legacy_used = False
@@ -249,12 +253,45 @@ def decode_net(buf, path: str) -> tuple[bytes, list[RawLayer]]:
     return bytes(rest), layers
 
 
-def read_file_buffer(path: str) -> bytearray:
-    """Read a whole file into one writable buffer (blob arrays are views of it)."""
+#: Files at least this large are memory-mapped instead of read (see read_file_buffer).
+MMAP_THRESHOLD = 8 << 20
+_MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)   # Linux >= 5.14
+
+
+def read_file_buffer(path: str) -> memoryview:
+    """The whole file as one writable buffer; blob arrays become views of it.
+
+    Large files are mapped copy-on-write (``ACCESS_COPY``) and pre-faulted with
+    ``MADV_POPULATE_READ``: the pages of the kernel's page cache are mapped
+    into the process without a copy, so loading costs neither a second copy of
+    the file in memory nor the time of copying it, and writing into a blob
+    array copies just that page, never touching the file.  Caveat: the mapping
+    reads the file lazily where the kernel lacks MADV_POPULATE_READ, and a
+    file truncated *in place* by another program while its arrays are alive
+    would fault; the toolkit's own writers replace files atomically (new
+    inode), which is safe.  Small files, and systems where mapping fails, are
+    read into an uninitialised numpy buffer (no zero-fill, writable).
+    Indexing the returned memoryview yields Python ints (the varint reader
+    relies on it).
+    """
     size = os.path.getsize(path)
-    buf = bytearray(size)
     with open(path, "rb", buffering=0) as f:
-        view = memoryview(buf)
+        if size >= MMAP_THRESHOLD:
+            try:
+                m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+            except (OSError, ValueError):
+                m = None
+            if m is not None:
+                if len(m) != size:
+                    raise CaffemodelError(f"{path}: file changed size while opening")
+                try:
+                    m.madvise(_MADV_POPULATE_READ)
+                except (OSError, ValueError, AttributeError):
+                    with contextlib.suppress(OSError, ValueError, AttributeError):
+                        m.madvise(mmap.MADV_WILLNEED)
+                return memoryview(m)
+        arr = np.empty(size, dtype=np.uint8)
+        view = memoryview(arr)
         got = 0
         while got < size:
             n = f.readinto(view[got:])
@@ -263,7 +300,7 @@ def read_file_buffer(path: str) -> bytearray:
             got += n
     if got != size:
         raise CaffemodelError(f"{path}: file shrank while reading ({got} of {size} bytes)")
-    return buf
+    return view
 
 
 # ---------------------------------------------------------------- encoding
@@ -315,11 +352,9 @@ def blob_chunks(arr: np.ndarray) -> list:
     emitted in field-number order, as protobuf serializes them.
     """
     a = np.asarray(arr)
-    dims = b"".join(_key(1, WT_VARINT) + encode_varint(int(d)) for d in a.shape)
     # BlobShape.dim is declared packed in caffe.proto.
     packed_dims = encode_packed_varints(np.asarray(a.shape, dtype=np.int64)) if a.ndim else b""
     shape_msg = (_key(1, WT_LEN) + encode_varint(len(packed_dims)) + packed_dims) if a.ndim else b""
-    del dims
     shape_field = _key(7, WT_LEN) + encode_varint(len(shape_msg)) + shape_msg
     if a.dtype == np.float32 or a.dtype.kind == "f" and a.dtype.itemsize == 2:
         payload = np.ascontiguousarray(a, dtype="<f4")
@@ -340,13 +375,15 @@ def blob_chunks(arr: np.ndarray) -> list:
         payload = np.ascontiguousarray(a, dtype="<f4")
         fn = 5
     nbytes = len(payload) if isinstance(payload, bytes) else payload.nbytes
-    data_field_head = _key(fn, WT_LEN) + encode_varint(nbytes) if nbytes else b""
-    body = memoryview(payload).cast("B") if not isinstance(payload, bytes) else payload
-    if fn == 5:
-        parts = [data_field_head, body, shape_field] if nbytes else [shape_field]
-    else:
-        parts = [shape_field, data_field_head, body] if nbytes else [shape_field]
-    return parts
+    if not nbytes:
+        # int8_data is an optional bytes field: protobuf writes it even when
+        # empty (and so keeps the dtype); empty repeated fields are omitted.
+        return [shape_field, _key(fn, WT_LEN) + b"\0"] if fn == 10 else [shape_field]
+    head = _key(fn, WT_LEN) + encode_varint(nbytes)
+    # A flat byte view of the array: written without a tobytes() copy.
+    body = payload if isinstance(payload, bytes) else memoryview(payload.reshape(-1)).cast("B")
+    # Field-number order, as protobuf serializes: data (5) < shape (7) < the others.
+    return [head, body, shape_field] if fn == 5 else [shape_field, head, body]
 
 
 def _chunks_len(chunks) -> int:
