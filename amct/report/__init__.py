@@ -1,0 +1,1 @@
+"""Reports: model inspection, per-layer quantization statistics, report files and plots."""
