@@ -111,10 +111,13 @@ def test_internal_error_exit_1_with_hint(monkeypatch, capsys, tmp_path):
     assert err.count("\n") == 1 and "kaboom second line" in err and "--debug" in err
 
 
-def test_auto_calibrate_is_a_clear_placeholder(capsys, tmp_path, monkeypatch):
+def test_auto_calibrate_requires_data_and_save_dir(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert cli.main(["auto-calibrate", "--model", "m", "--weights", "w"]) == 2
-    assert "not available yet" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli.main(["auto-calibrate", "--model", "m", "--weights", "w"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--data" in err and "--save-dir" in err
 
 
 def test_bad_log_level_variable(monkeypatch, capsys, tmp_path):
