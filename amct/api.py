@@ -135,6 +135,7 @@ def create_quant_config(config_file: str, model_file: str, weights_file: str,
     options are ignored.  Errors are ``ConfigError`` (a ``ValueError``).
     """
     graph = _load(model_file, weights_file)
+    _reject_quantized(graph, model_file)
     if config_defination is not None:
         cfg = read_simple_config(str(config_defination), graph)
         if not cfg.layers:
@@ -273,15 +274,25 @@ class QuantizeResult:
     layers: dict[str, LayerFactors]
 
 
-def _feeds(batch: Any, inputs: list[str], i: int) -> dict[str, np.ndarray]:
+def _feeds(batch: Any, inputs: list[str], i: int,
+           declared: Mapping[str, tuple] | None = None) -> dict[str, np.ndarray]:
     if isinstance(batch, Mapping):
         unknown = sorted(set(batch) - set(inputs))
         if unknown:
             raise DataError(f"batch {i}: {unknown} are not net inputs (inputs: {inputs})")
-        return {k: np.asarray(v, np.float32) for k, v in batch.items()}
-    if len(inputs) != 1:
+        feeds = {k: np.asarray(v, np.float32) for k, v in batch.items()}
+    elif len(inputs) != 1:
         raise DataError(f"batch {i}: the net has inputs {inputs}; give each batch as a dict")
-    return {inputs[0]: np.asarray(batch, np.float32)}
+    else:
+        feeds = {inputs[0]: np.asarray(batch, np.float32)}
+    for name, x in feeds.items():
+        # Rank and channels must match the declaration; N and the spatial
+        # size may differ (fully convolutional nets run on any image size).
+        want = (declared or {}).get(name)
+        if want and (x.ndim != len(want) or (x.ndim > 1 and x.shape[1] != want[1])):
+            raise DataError(f"batch {i}: input '{name}' has shape {tuple(x.shape)}, but the model "
+                            f"declares {tuple(want)} (N, C, ... must match in rank and channels)")
+    return feeds
 
 
 def quantize(model_file: str, weights_file: str, batches: Iterable[Any], save_path: str,
@@ -322,13 +333,15 @@ def quantize(model_file: str, weights_file: str, batches: Iterable[Any], save_pa
         cfg.batch_num = max(len(data), 1)
     if len(data) < cfg.batch_num:
         raise DataError(f"calibration needs {cfg.batch_num} batches, got {len(data)}")
+    declared = graph.input_shapes()
+    feeds = [_feeds(b, graph.inputs, i, declared) for i, b in enumerate(data[:cfg.batch_num])]
     check_against_graph(cfg, graph, paths["config"])
     write_config(cfg, paths["config"])
     g = init(paths["config"], model_file, weights_file, paths["record"])
     quantize_model(g, paths["model"], paths["weights"])
     net = Net(paths["model"], paths["weights"])
-    for i, batch in enumerate(data[:cfg.batch_num]):
-        net.forward(**_feeds(batch, net.inputs, i))
+    for feed in feeds:
+        net.forward(**feed)
     outputs = save_model(g, kind, save_path)
     record = read_record(paths["record"])
     layers = {k: LayerFactors(float(r.scale_d), int(r.offset_d), r.scale_w)
@@ -344,3 +357,31 @@ def _take(batches: Iterable[Any], n: int) -> list[Any]:
             break
         out.append(b)
     return out
+
+
+def layer_table(model_file: str, weights_file: str, save_path: str, batches: Iterable[Any],
+                *, deploy: bool = True) -> list[dict]:
+    """Per-layer quantization table of a saved model, measured on ``batches``.
+
+    Reads ``save_path``'s fake-quant (and, with ``deploy``, deploy) model and
+    runs them beside the float model (same fusions) on ``batches`` (arrays for
+    single-input nets, or dicts name->array).  One dict per quantized layer:
+    ``layer, type, scale_d, offset_d, scale_w_min, scale_w_max, channel_wise,
+    quant_layer, dequant_layer, clip_ratio`` (fraction of the layer's float
+    input outside its quantization range) and ``fake_quant`` / ``deploy``
+    statistics of the layer's output against float (``cosine``, ``sqnr_db``,
+    ``max_abs_error``...).  The same table the CLI writes to ``_report.json``.
+    """
+    from amct.frontends.caffe import load_caffe
+    from amct.report.compare import compare_models
+    from amct.report.write import build_report
+
+    float_graph = load_caffe(model_file, weights_file)
+    fake = load_caffe(save_path + "_fake_quant_model.prototxt",
+                      save_path + "_fake_quant_weights.caffemodel")
+    dep = (load_caffe(save_path + "_deploy_model.prototxt", save_path + "_deploy_weights.caffemodel")
+           if deploy else None)
+    inputs = list(float_graph.inputs)
+    feeds = ((_feeds(b, inputs, i), None) for i, b in enumerate(batches))
+    cmp = compare_models(float_graph, fake, dep, feeds)
+    return build_report(cmp, kind="layer_table", models={}, data="")["layers"]

@@ -170,3 +170,21 @@ def test_ultraface_depthwise_hfmg(tmp_path):
     ref = amct.runtime.Net(model, weights).forward(input=x)
     fake = amct.runtime.Net(res.outputs["fake_model"], res.outputs["fake_weights"]).forward(input=x)
     assert cosine(fake["scores"], ref["scores"]) > 0.98
+
+
+def test_layer_table_matches_record_and_measures_cosine(lenet):
+    model, weights, x, g, rec, prefix, tmp = lenet
+    table = amct.api.layer_table(model, weights, prefix, [x[:8], x[8:]])
+    record = read_record(rec)
+    assert [r["layer"] for r in table] == ["conv1", "conv2", "ip1", "ip2"]
+    for row in table:
+        r = record[row["layer"]]
+        assert row["scale_d"] == pytest.approx(r.scale_d, rel=1e-6)
+        assert row["offset_d"] == r.offset_d
+        assert row["scale_w_min"] == pytest.approx(float(np.min(r.scale_w)), rel=1e-6)
+        assert row["scale_w_max"] == pytest.approx(float(np.max(r.scale_w)), rel=1e-6)
+        assert 0.0 <= row["clip_ratio"] < 0.01
+        # LeNet quantizes well: every layer's fake-quant output is close to float,
+        # and the deploy simulation agrees with fake-quant.
+        assert 0.999 < row["fake_quant"]["cosine"] <= 1.0 + 1e-9
+        assert 0.999 < row["deploy"]["cosine"] <= 1.0 + 1e-9

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-from datetime import datetime, timezone
 
 from amct.fileio import AtomicGroup
 from amct.report.compare import Comparison
@@ -54,7 +53,6 @@ def build_report(cmp: Comparison, *, kind: str, models: dict[str, str | None], d
         })
     return {
         "tool": "amct", "version": __version__, "kind": kind,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "models": models,
         "data": {"source": data, "samples": cmp.samples, "batches": cmp.batches},
         "layers": layers, "outputs": outputs, **(extra or {}),
@@ -82,7 +80,7 @@ def markdown(report: dict) -> str:
     if m.get("deploy_model"):
         lines.append(f"- deploy model: `{m.get('deploy_model')}`")
     lines += [f"- data: `{d['source']}`, {d['samples']} samples in {d['batches']} batches",
-              f"- created {report['created']} by amct {report['version']}", "",
+              f"- amct {report['version']}", "",
               "## Quantized layers", "",
               "scale_d/offset_d: activation factors of the layer's input; scale_w: weight scale "
               "range over output channels; clip ratio: fraction of the input values outside the "
