@@ -1,0 +1,435 @@
+"""Convolution and Deconvolution (Caffe semantics, NCHW).
+
+Parameters follow Caffe's ``BaseConvolutionLayer``: ``kernel_h``/``kernel_w``,
+``pad_h``/``pad_w`` and ``stride_h``/``stride_w`` replace the repeated fields
+for 2-D; the repeated ``kernel_size``/``pad``/``stride``/``dilation`` hold one
+value for all spatial axes or one per axis.  ``axis`` is the channel axis; the
+axes before it are batch-like, those after it spatial.
+
+Kernels (see docs/layers_compute.md):
+
+* float: im2col into a bounded work buffer + one float32 GEMM per chunk
+  (whole batch for small maps, row bands for large ones); 1x1/stride-1 convs
+  are a GEMM on the input itself; depthwise convs are a multiply-accumulate
+  over the kh*kw shifted views; groups are a stacked matmul.
+* deploy (int8 weights): the same code in float64 on the integer input
+  (``q - offset``), which is exact for int8/int16 data, returning int32
+  ``acc + bias``.
+
+Spatial ranks 1 and 2 run; higher ranks have shapes but no kernel.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from amct.errors import ShapeError, UnsupportedLayerError, WeightsError
+from amct.ir.registry import Kernel, LayerDef, Shape, register_layer
+from amct.layers import _im2col as ic
+
+_INT32_MIN, _INT32_MAX = float(np.iinfo(np.int32).min), float(np.iinfo(np.int32).max)
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """The resolved ``convolution_param`` of one layer for one input shape."""
+
+    axis: int
+    channels: int
+    num_output: int
+    group: int
+    bias_term: bool
+    kernel: tuple[int, ...]
+    pad: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+
+    def window(self) -> ic.Window:
+        """The 2-D window (a 1-D conv is a 2-D one with a unit height)."""
+        if len(self.kernel) == 1:
+            return ic.Window(1, self.kernel[0], 0, self.pad[0], 1, self.stride[0], 1, self.dilation[0])
+        return ic.Window(self.kernel[0], self.kernel[1], self.pad[0], self.pad[1],
+                         self.stride[0], self.stride[1], self.dilation[0], self.dilation[1])
+
+
+def _per_axis(layer, name: str, values, nsp: int, default: int) -> tuple[int, ...]:
+    vals = [int(v) for v in values]
+    if not vals:
+        return (default,) * nsp
+    if len(vals) == 1:
+        return (vals[0],) * nsp
+    if len(vals) != nsp:
+        raise ShapeError(f"layer '{layer.name}': {name} has {len(vals)} values; "
+                         f"expected 1 or {nsp} (one per spatial axis)")
+    return tuple(vals)
+
+
+def conv_spec(layer, in_shape: Shape) -> ConvSpec:
+    """Resolve the parameters of a Convolution/Deconvolution layer, as Caffe does."""
+    cp = layer.param("convolution_param")
+    ndim = len(in_shape)
+    axis = cp.axis + ndim if cp.axis < 0 else cp.axis
+    if not 0 <= axis < ndim:
+        raise ShapeError(f"layer '{layer.name}': axis {cp.axis} out of range for input {in_shape}")
+    nsp = ndim - axis - 1
+    if nsp < 1:
+        raise ShapeError(f"layer '{layer.name}': input {in_shape} has no spatial axis after "
+                         f"channel axis {axis}")
+    two_d = "2-d only fields (kernel_h/w, pad_h/w, stride_h/w) need exactly 2 spatial axes"
+    if cp.HasField("kernel_h") or cp.HasField("kernel_w"):
+        if nsp != 2 or len(cp.kernel_size):
+            raise ShapeError(f"layer '{layer.name}': {two_d}, and no kernel_size")
+        if not (cp.HasField("kernel_h") and cp.HasField("kernel_w")):
+            raise ShapeError(f"layer '{layer.name}': kernel_h and kernel_w must both be given")
+        kernel = (cp.kernel_h, cp.kernel_w)
+    else:
+        if not len(cp.kernel_size):
+            raise ShapeError(f"layer '{layer.name}': kernel_size (or kernel_h/kernel_w) is required")
+        kernel = _per_axis(layer, "kernel_size", cp.kernel_size, nsp, 0)
+    if cp.HasField("pad_h") or cp.HasField("pad_w"):
+        if nsp != 2 or len(cp.pad):
+            raise ShapeError(f"layer '{layer.name}': {two_d}, and no pad")
+        pad = (cp.pad_h, cp.pad_w)
+    else:
+        pad = _per_axis(layer, "pad", cp.pad, nsp, 0)
+    if cp.HasField("stride_h") or cp.HasField("stride_w"):
+        if nsp != 2 or len(cp.stride):
+            raise ShapeError(f"layer '{layer.name}': {two_d}, and no stride")
+        stride = (cp.stride_h, cp.stride_w)
+    else:
+        stride = _per_axis(layer, "stride", cp.stride, nsp, 1)
+    dilation = _per_axis(layer, "dilation", cp.dilation, nsp, 1)
+    if min(kernel) < 1 or min(stride) < 1 or min(dilation) < 1:
+        raise ShapeError(f"layer '{layer.name}': kernel {kernel}, stride {stride} and dilation "
+                         f"{dilation} must be positive")
+    channels = int(in_shape[axis])
+    group = int(cp.group)
+    if cp.num_output < 1:
+        raise ShapeError(f"layer '{layer.name}': num_output must be positive")
+    if group < 1 or channels % group or cp.num_output % group:
+        raise ShapeError(f"layer '{layer.name}': group {group} must divide both the input channels "
+                         f"({channels}) and num_output ({cp.num_output})")
+    return ConvSpec(axis, channels, int(cp.num_output), group, bool(cp.bias_term),
+                    tuple(int(k) for k in kernel), tuple(int(p) for p in pad),
+                    tuple(int(s) for s in stride), tuple(int(d) for d in dilation))
+
+
+def _check_blobs(layer, want: list[Shape]) -> tuple[np.ndarray, np.ndarray | None]:
+    if len(layer.blobs) < len(want):
+        raise WeightsError(f"layer '{layer.name}' ({layer.type}): needs {len(want)} blobs "
+                           f"{want}, has {len(layer.blobs)}")
+    w = layer.blobs[0]
+    if tuple(w.shape) != tuple(want[0]):
+        if w.size != math.prod(want[0]):
+            raise WeightsError(f"layer '{layer.name}' ({layer.type}): weight shape "
+                               f"{tuple(w.shape)}, expected {tuple(want[0])}")
+        w = w.reshape(want[0])
+    b = None
+    if len(want) > 1:
+        b = layer.blobs[1].reshape(-1)
+        if b.size != want[1][0]:
+            raise WeightsError(f"layer '{layer.name}' ({layer.type}): bias has {b.size} values, "
+                               f"expected {want[1][0]}")
+    return w, b
+
+
+def is_deploy(layer) -> bool:
+    """A deploy-model layer: int8 weights, integer input, int32 output."""
+    return bool(layer.blobs) and layer.blobs[0].dtype == np.int8
+
+
+def integer_kernel(float_kernel, name: str) -> Kernel:
+    """Wrap a float64 kernel (built on integer weights/bias) for integer data.
+
+    Every product and partial sum is an integer below 2**53 for int8 weights
+    and int8/int16 activations, so float64 GEMMs are exact; the result is
+    saturated to int32 (what the accumulator holds)."""
+
+    def run(inputs):
+        x = inputs[0]
+        xf = x.astype(np.float64) if x.dtype != np.float64 else x
+        if xf.dtype.kind == "f" and x.dtype.kind == "f":
+            xf = np.rint(xf)
+        acc = float_kernel([xf])[0]
+        np.clip(acc, _INT32_MIN, _INT32_MAX, out=acc)
+        return [acc.astype(np.int32)]
+
+    run.__name__ = f"int_{name}"
+    return run
+
+
+# ---------------------------------------------------------------- Convolution
+
+def _conv_kernel(spec: ConvSpec, in_shape: Shape, weight: np.ndarray, bias: np.ndarray | None,
+                 dtype) -> Kernel:
+    """The forward function of a convolution for one input shape."""
+    win = spec.window()
+    lead = tuple(in_shape[:spec.axis])
+    nimg = math.prod(lead)
+    c, cout, g = spec.channels, spec.num_output, spec.group
+    spatial = tuple(in_shape[spec.axis + 1:])
+    h, w = (1, spatial[0]) if len(spatial) == 1 else spatial
+    oh, ow = win.conv_out(h, w)
+    if oh < 1 or ow < 1:
+        raise ShapeError(f"convolution output {oh}x{ow} from input {in_shape}")
+    out_shape = lead + (cout,) + ((ow,) if len(spatial) == 1 else (oh, ow))
+    x4_shape = (nimg, c, h, w)
+    wmat = np.ascontiguousarray(weight, dtype=dtype)
+    bcol = None if bias is None else np.asarray(bias, dtype=dtype)
+
+    if g == c == cout and g > 1:
+        body = _depthwise(win, x4_shape, oh, ow, wmat.reshape(c, win.kh * win.kw), bcol, dtype)
+    elif win.is_pointwise:
+        body = _pointwise(x4_shape, wmat.reshape(g, cout // g, c // g), bcol, dtype)
+    else:
+        body = _im2col_gemm(win, x4_shape, oh, ow, wmat.reshape(g, cout // g, -1), bcol, dtype)
+
+    def run(inputs):
+        x = np.ascontiguousarray(inputs[0]).reshape(x4_shape)
+        return [body(x).reshape(out_shape)]
+
+    return run
+
+
+def _pointwise(x4_shape, wg: np.ndarray, bias, dtype):
+    """1x1, stride 1, no padding: each image's (C, H*W) matrix is the column matrix."""
+    n, c, h, w = x4_shape
+    g, coutg, _ = wg.shape
+    cout = g * coutg
+    w2 = wg[0] if g == 1 else None
+
+    def body(x):
+        out = np.empty((n, cout, h * w), dtype)
+        if g == 1:
+            np.matmul(w2, x.reshape(n, c, h * w), out=out)
+        else:
+            np.matmul(wg, x.reshape(n, g, c // g, h * w), out=out.reshape(n, g, coutg, h * w))
+        if bias is not None:
+            out += bias[:, None]
+        return out
+
+    return body
+
+
+def _im2col_gemm(win: ic.Window, x4_shape, oh: int, ow: int, wg: np.ndarray, bias, dtype):
+    """General convolution: im2col in the wide phase layout + one GEMM per chunk.
+
+    The column buffer is filled with one contiguous copy per kernel tap (see
+    ``_im2col.PhaseLayout``); the GEMM produces the wide output, whose valid
+    columns are copied (with the bias) into the result.  Chunks of images
+    (small maps) or of output rows (large maps) bound the buffers."""
+    n, c, h, w = x4_shape
+    g, coutg, kg = wg.shape
+    cout = g * coutg
+    lay = ic.phase_layout(win, h, w, oh, ow)
+    taps = len(lay.offsets)
+    k = c * taps
+    wq = lay.wq
+    per_img = k * lay.wide
+    if lay.wide < ic.SMALL_SPATIAL:
+        nb, rows = max(1, min(n, ic.COL_LIMIT // max(1, per_img))), oh
+    else:
+        nb, rows = 1, max(1, min(oh, ic.COL_LIMIT // max(1, k * wq)))
+    img_chunks = ic.chunks(n, nb)
+    row_chunks = ic.chunks(oh, rows)
+    tap_src = list(zip(lay.tap_phase, lay.offsets))
+    w2 = wg[0] if g == 1 else None
+    bias4 = None if bias is None else bias.reshape(1, cout, 1, 1)
+
+    def body(x):
+        out = np.empty((n, cout, oh, ow), dtype)
+        col_buf = np.empty(k * nb * rows * wq, dtype)
+        for n0, n1 in img_chunks:
+            nbi = n1 - n0
+            xph = ic.to_phases(x[n0:n1], lay, 0, dtype).transpose(1, 0, 2, 3)   # (C, nb, S, plane)
+            for r0, r1 in row_chunks:
+                span = (r1 - r0) * wq
+                col = col_buf[:k * nbi * span].reshape(c, taps, nbi, span)
+                base = r0 * wq
+                for t, (p, off) in enumerate(tap_src):
+                    col[:, t] = xph[:, :, p, base + off:base + off + span]
+                col2 = col.reshape(k, nbi * span)
+                if g == 1:
+                    res = w2 @ col2
+                else:
+                    res = np.matmul(wg, col2.reshape(g, kg, nbi * span))
+                res = res.reshape(cout, nbi, r1 - r0, wq)[:, :, :, :ow].transpose(1, 0, 2, 3)
+                dst = out[n0:n1, :, r0:r1]
+                if bias4 is not None:
+                    np.add(res, bias4, out=dst)
+                else:
+                    dst[...] = res
+        return out.reshape(n, cout, oh * ow)
+
+    return body
+
+
+def _depthwise(win: ic.Window, x4_shape, oh: int, ow: int, wtaps: np.ndarray, bias, dtype):
+    """Depthwise conv (group == channels == num_output) as a multiply-accumulate
+    over the kernel taps, each a contiguous slice of the wide phase layout;
+    channels are processed in cache-sized blocks."""
+    n, c, h, w = x4_shape
+    lay = ic.phase_layout(win, h, w, oh, ow)
+    span = lay.wide
+    cb = max(1, min(c, ic.BLOCK // span))
+    blocks = ic.chunks(c, cb)
+    tap_src = list(zip(lay.tap_phase, lay.offsets))
+    coef = np.ascontiguousarray(wtaps.T)[:, :, None]          # (taps, C, 1)
+    bias3 = None if bias is None else bias.reshape(c, 1, 1)
+
+    # Work items: (image, channel block); each thread has its own scratch.
+    items = [(i, c0, c1) for i in range(n) for c0, c1 in blocks]
+    nthreads = max(1, min(len(items), ic.kernel_threads()))
+    shares = [items[k::nthreads] for k in range(nthreads)]
+
+    def body(x):
+        out = np.empty((n, c, oh, ow), dtype)
+        xph = ic.to_phases(x, lay, 0, dtype)
+
+        def work(share):
+            acc = np.empty((cb, span), dtype)
+            tmp = np.empty((cb, span), dtype)
+            for i, c0, c1 in share:
+                xi = xph[i]
+                a, s_ = acc[:c1 - c0], tmp[:c1 - c0]
+                for t, (p, off) in enumerate(tap_src):
+                    src = xi[c0:c1, p, off:off + span]
+                    if t == 0:
+                        np.multiply(src, coef[t, c0:c1], out=a)
+                    else:
+                        np.multiply(src, coef[t, c0:c1], out=s_)
+                        a += s_
+                wide = a.reshape(c1 - c0, oh, lay.wq)[:, :, :ow]
+                if bias3 is not None:
+                    np.add(wide, bias3[c0:c1], out=out[i, c0:c1])
+                else:
+                    out[i, c0:c1] = wide
+
+        ic.parallel_map(work, shares)
+        return out
+
+    return body
+
+
+# -------------------------------------------------------------- Deconvolution
+
+def _deconv_kernel(spec: ConvSpec, in_shape: Shape, weight: np.ndarray, bias: np.ndarray | None,
+                   dtype) -> Kernel:
+    """Deconvolution = transposed convolution: GEMM to columns, then col2im."""
+    win = spec.window()
+    lead = tuple(in_shape[:spec.axis])
+    n = math.prod(lead)
+    cin, cout, g = spec.channels, spec.num_output, spec.group
+    spatial = tuple(in_shape[spec.axis + 1:])
+    h, w = (1, spatial[0]) if len(spatial) == 1 else spatial
+    oh, ow = win.deconv_out(h, w)
+    if oh < 1 or ow < 1:
+        raise ShapeError(f"deconvolution output {oh}x{ow} from input {in_shape}")
+    out_shape = lead + (cout,) + ((ow,) if len(spatial) == 1 else (oh, ow))
+    cing, coutg = cin // g, cout // g
+    taps = win.kh * win.kw
+    # Weight (Cin, Cout/g, kh, kw) -> per group the transposed matrix
+    # (Cout/g*kh*kw, Cin/g) that maps an input pixel to its column.
+    wt = np.ascontiguousarray(
+        np.asarray(weight, dtype=dtype).reshape(g, cing, coutg * taps).transpose(0, 2, 1))
+    w2 = wt[0] if g == 1 else None
+    plan = ic.scatter_plan(win, h, w, oh, ow)
+    per_img = cout * taps * h * w
+    nb = max(1, min(n, ic.COL_LIMIT // max(1, per_img)))
+    img_chunks = ic.chunks(n, nb)
+    bias4 = None if bias is None else np.asarray(bias, dtype=dtype).reshape(1, cout, 1, 1)
+
+    def run(inputs):
+        x = np.ascontiguousarray(inputs[0]).reshape(n, cin, h * w)
+        out = np.zeros((n, cout, oh, ow), dtype)
+        buf = np.empty(nb * per_img, dtype)
+        for n0, n1 in img_chunks:
+            nbi = n1 - n0
+            col = buf[:nbi * per_img]
+            if g == 1:
+                np.matmul(w2, x[n0:n1], out=col.reshape(nbi, coutg * taps, h * w))
+            else:
+                np.matmul(wt, x[n0:n1].reshape(nbi, g, cing, h * w),
+                          out=col.reshape(nbi, g, coutg * taps, h * w))
+            col6 = col.reshape(nbi, cout, win.kh, win.kw, h, w)
+            o = out[n0:n1]
+            for t in plan:
+                dst = o[:, :, t.out_rows, t.out_cols]
+                np.add(dst, col6[:, :, t.i, t.j, t.in_rows, t.in_cols], out=dst)
+        if bias4 is not None:
+            out += bias4
+        return [out.reshape(out_shape)]
+
+    return run
+
+
+class _ConvBase(LayerDef):
+    param_field = "convolution_param"
+    min_blobs = 1
+    transposed = False
+
+    def _out_spatial(self, layer, spec: ConvSpec, spatial: Shape) -> tuple[int, ...]:
+        outs = []
+        for i, size in enumerate(spatial):
+            k, p, s, d = spec.kernel[i], spec.pad[i], spec.stride[i], spec.dilation[i]
+            ext = d * (k - 1) + 1
+            o = s * (size - 1) + ext - 2 * p if self.transposed else (size + 2 * p - ext) // s + 1
+            if o < 1:
+                raise ShapeError(f"layer '{layer.name}' ({self.type}): spatial axis {i} of size "
+                                 f"{size} gives output size {o} (kernel {k}, pad {p}, stride {s}, "
+                                 f"dilation {d})")
+            outs.append(o)
+        return tuple(outs)
+
+    def infer_shapes(self, layer, in_shapes: list[Shape]) -> list[Shape]:
+        if len(in_shapes) != len(layer.tops):
+            raise ShapeError(f"layer '{layer.name}' ({self.type}): {len(in_shapes)} bottoms but "
+                             f"{len(layer.tops)} tops (they pair up)")
+        outs = []
+        for s in in_shapes:
+            spec = conv_spec(layer, s)
+            if in_shapes and tuple(s[spec.axis:spec.axis + 1]) != (in_shapes[0][spec.axis],):
+                raise ShapeError(f"layer '{layer.name}': all bottoms need the same channels")
+            outs.append(tuple(s[:spec.axis]) + (spec.num_output,)
+                        + self._out_spatial(layer, spec, tuple(s[spec.axis + 1:])))
+        return outs
+
+    def param_shapes(self, layer, in_shapes: list[Shape]) -> list[Shape]:
+        spec = conv_spec(layer, in_shapes[0])
+        if self.transposed:
+            wshape = (spec.channels, spec.num_output // spec.group) + spec.kernel
+        else:
+            wshape = (spec.num_output, spec.channels // spec.group) + spec.kernel
+        return [wshape, (spec.num_output,)] if spec.bias_term else [wshape]
+
+    def build(self, layer, in_shapes: list[Shape]) -> Kernel:
+        spec = conv_spec(layer, in_shapes[0])
+        if len(spec.kernel) > 2:
+            raise UnsupportedLayerError(f"layer '{layer.name}' ({self.type}): {len(spec.kernel)}-D "
+                                        "spatial convolution has no kernel (1-D and 2-D only)")
+        weight, bias = _check_blobs(layer, self.param_shapes(layer, in_shapes))
+        make = _deconv_kernel if self.transposed else _conv_kernel
+        deploy = weight.dtype == np.int8
+        dtype = np.float64 if deploy else np.float32
+        if deploy and bias is not None and bias.dtype.kind not in "iu":
+            raise WeightsError(f"layer '{layer.name}' ({self.type}): int8 weights need an integer "
+                               f"(int32) bias, got {bias.dtype}")
+        kernels = [make(spec, s, weight, bias, dtype) for s in in_shapes]
+        if deploy:
+            kernels = [integer_kernel(k, layer.name) for k in kernels]
+        if len(kernels) == 1:
+            return kernels[0]
+        return lambda inputs: [k([x])[0] for k, x in zip(kernels, inputs)]
+
+
+@register_layer
+class ConvolutionDef(_ConvBase):
+    type = "Convolution"
+
+
+@register_layer
+class DeconvolutionDef(_ConvBase):
+    type = "Deconvolution"
+    transposed = True

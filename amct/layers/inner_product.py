@@ -1,0 +1,90 @@
+"""InnerProduct (Caffe semantics).
+
+The input is flattened from ``axis`` on: ``(M, K)`` with ``M`` the product of
+the axes before ``axis``; the output is ``in[:axis] + (num_output,)``.  The
+weight is stored ``(N, K)``, or ``(K, N)`` when ``transpose`` is true.
+
+Deploy models (int8 weights) get an exact integer kernel: float64 GEMM on the
+integer input, int32 result ``acc + bias``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from amct.errors import ShapeError, WeightsError
+from amct.ir.registry import Kernel, LayerDef, Shape, register_layer
+from amct.layers.convolution import integer_kernel
+
+
+def _axis(layer, shape: Shape) -> int:
+    ax = layer.param("inner_product_param").axis
+    ax = ax + len(shape) if ax < 0 else ax
+    if not 0 <= ax < len(shape):
+        raise ShapeError(f"layer '{layer.name}' (InnerProduct): axis "
+                         f"{layer.param('inner_product_param').axis} out of range for input {shape}")
+    return ax
+
+
+@register_layer
+class InnerProductDef(LayerDef):
+    type = "InnerProduct"
+    param_field = "inner_product_param"
+    min_blobs = 1
+
+    def infer_shapes(self, layer, in_shapes: list[Shape]) -> list[Shape]:
+        if len(in_shapes) != 1:
+            raise ShapeError(f"layer '{layer.name}' (InnerProduct): needs exactly 1 bottom, "
+                             f"has {len(in_shapes)}")
+        n = layer.param("inner_product_param").num_output
+        if n < 1:
+            raise ShapeError(f"layer '{layer.name}' (InnerProduct): num_output must be positive")
+        s = tuple(in_shapes[0])
+        return [s[:_axis(layer, s)] + (int(n),)]
+
+    def param_shapes(self, layer, in_shapes: list[Shape]) -> list[Shape]:
+        p = layer.param("inner_product_param")
+        s = tuple(in_shapes[0])
+        k = math.prod(s[_axis(layer, s):])
+        n = int(p.num_output)
+        w = (k, n) if p.transpose else (n, k)
+        return [w, (n,)] if p.bias_term else [w]
+
+    def build(self, layer, in_shapes: list[Shape]) -> Kernel:
+        want = self.param_shapes(layer, in_shapes)
+        if len(layer.blobs) < len(want):
+            raise WeightsError(f"layer '{layer.name}' (InnerProduct): needs {len(want)} blobs "
+                               f"{want}, has {len(layer.blobs)}")
+        weight = layer.blobs[0]
+        if weight.size != math.prod(want[0]):
+            raise WeightsError(f"layer '{layer.name}' (InnerProduct): weight shape "
+                               f"{tuple(weight.shape)}, expected {want[0]}")
+        deploy = weight.dtype == np.int8
+        dtype = np.float64 if deploy else np.float32
+        weight = weight.reshape(want[0]).astype(dtype, copy=False)
+        # (K, N) operand of x @ w; a transposed view costs nothing (BLAS flag).
+        wkn = weight if layer.param("inner_product_param").transpose else weight.T
+        bias = None
+        if len(want) > 1:
+            b = layer.blobs[1].reshape(-1)
+            if b.size != want[1][0]:
+                raise WeightsError(f"layer '{layer.name}' (InnerProduct): bias has {b.size} "
+                                   f"values, expected {want[1][0]}")
+            if deploy and b.dtype.kind not in "iu":
+                raise WeightsError(f"layer '{layer.name}' (InnerProduct): int8 weights need an "
+                                   f"int32 bias, got {b.dtype}")
+            bias = b.astype(dtype)
+        s = tuple(in_shapes[0])
+        ax = _axis(layer, s)
+        m, k = math.prod(s[:ax]), math.prod(s[ax:])
+        out_shape = s[:ax] + (wkn.shape[1],)
+
+        def run(inputs):
+            x = inputs[0].reshape(m, k)
+            out = np.matmul(x, wkn)
+            if bias is not None:
+                out += bias
+            return [out.reshape(out_shape)]
+
+        return integer_kernel(run, layer.name) if deploy else run
