@@ -6,6 +6,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
+from amct.auto_calibration._named import resolve
 from amct.errors import CalibrationError
 from amct.ir import Graph, Layer
 
@@ -98,9 +99,4 @@ _SENSITIVITIES = {"CosineSimilarity": CosineSimilarity}
 
 
 def get_sensitivity(spec) -> Sensitivity:
-    if isinstance(spec, Sensitivity):
-        return spec
-    if isinstance(spec, str) and spec in _SENSITIVITIES:
-        return _SENSITIVITIES[spec]()
-    raise CalibrationError(f"unknown sensitivity {spec!r}; use one of {sorted(_SENSITIVITIES)} "
-                           "or a Sensitivity instance")
+    return resolve(spec, Sensitivity, _SENSITIVITIES, "sensitivity")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import abc
 from typing import Callable
 
-from amct.errors import CalibrationError
+from amct.auto_calibration._named import resolve
 
 #: ``trial(k) -> ok``: quantize with the k most sensitive layers in float and
 #: report whether the user's metric accepts the result.
@@ -46,9 +46,4 @@ _STRATEGIES = {"BinarySearch": BinarySearch}
 
 
 def get_strategy(spec) -> SearchStrategy:
-    if isinstance(spec, SearchStrategy):
-        return spec
-    if isinstance(spec, str) and spec in _STRATEGIES:
-        return _STRATEGIES[spec]()
-    raise CalibrationError(f"unknown strategy {spec!r}; use one of {sorted(_STRATEGIES)} "
-                           "or a SearchStrategy instance")
+    return resolve(spec, SearchStrategy, _STRATEGIES, "strategy")

@@ -40,6 +40,17 @@ _V0_TYPES = {
 }
 
 
+def _copy_weighted(p, v0: caffe_pb2.V0LayerParameter) -> None:
+    """The V0 fields shared by convolution and inner product parameters."""
+    if v0.HasField("num_output"):
+        p.num_output = v0.num_output
+    if v0.HasField("biasterm"):
+        p.bias_term = v0.biasterm
+    for f in ("weight_filler", "bias_filler"):
+        if v0.HasField(f):
+            getattr(p, f).CopyFrom(getattr(v0, f))
+
+
 def _v0_to_v1(v1: caffe_pb2.V1LayerParameter, v0: caffe_pb2.V0LayerParameter, where: str,
               pad: int | None = None) -> None:
     """Fill V1 fields from a nested V0 layer (Caffe's UpgradeV0LayerParameter)."""
@@ -53,14 +64,7 @@ def _v0_to_v1(v1: caffe_pb2.V1LayerParameter, v0: caffe_pb2.V0LayerParameter, wh
     v1.weight_decay.extend(v0.weight_decay)
     if t == "conv":
         p = v1.convolution_param
-        if v0.HasField("num_output"):
-            p.num_output = v0.num_output
-        if v0.HasField("biasterm"):
-            p.bias_term = v0.biasterm
-        if v0.HasField("weight_filler"):
-            p.weight_filler.CopyFrom(v0.weight_filler)
-        if v0.HasField("bias_filler"):
-            p.bias_filler.CopyFrom(v0.bias_filler)
+        _copy_weighted(p, v0)
         if v0.HasField("kernelsize"):
             p.kernel_size.append(v0.kernelsize)
         if v0.HasField("group"):
@@ -72,15 +76,7 @@ def _v0_to_v1(v1: caffe_pb2.V1LayerParameter, v0: caffe_pb2.V0LayerParameter, wh
         elif v0.HasField("pad"):
             p.pad.append(v0.pad)
     elif t == "innerproduct":
-        p = v1.inner_product_param
-        if v0.HasField("num_output"):
-            p.num_output = v0.num_output
-        if v0.HasField("biasterm"):
-            p.bias_term = v0.biasterm
-        if v0.HasField("weight_filler"):
-            p.weight_filler.CopyFrom(v0.weight_filler)
-        if v0.HasField("bias_filler"):
-            p.bias_filler.CopyFrom(v0.bias_filler)
+        _copy_weighted(v1.inner_product_param, v0)
     elif t == "pool":
         p = v1.pooling_param
         if v0.HasField("kernelsize"):
