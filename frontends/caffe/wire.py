@@ -131,8 +131,10 @@ def decode_blob(buf, start: int, end: int, where: str) -> RawBlob:
                 if w2 == WT_VARINT:
                     dims.append(v2)
                 elif w2 == WT_LEN:
-                    dims.extend(decode_packed_varints(np.frombuffer(buf, np.uint8, b2 - a2, a2),
-                                                      np.int64).tolist())
+                    pos = a2                       # a handful of bytes: no numpy round trip
+                    while pos < b2:
+                        d, pos = read_varint(buf, pos, b2)
+                        dims.append(d)
             shape = [d - (1 << 64) if d >= 1 << 63 else d for d in dims]
         elif fn == 5:
             if wt == WT_LEN:
