@@ -1,0 +1,171 @@
+"""The scale/offset record file (SPEC §6.2): protobuf text of ``ScaleOffsetRecord``.
+
+The record is the hand-over point between calibration (which writes activation
+factors from inside the runtime) and save_model / convert_model (which read
+them).  It is rewritten as a whole, atomically, on every change, with keys in
+sorted order so that the same content always gives the same bytes.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import attrs
+import numpy as np
+from google.protobuf import text_format
+
+from amct.errors import RecordError
+from amct.fileio import atomic_write_text
+from amct.proto import caffe_pb2
+
+_SCALARS = ("scale_d", "offset_d", "channels", "height", "width", "skip_fusion")
+_ARRAYS = {"scale_w": np.float32, "offset_w": np.int32, "shift_bit": np.uint32}
+
+
+def _opt_array(dtype):
+    def conv(v):
+        return None if v is None else np.asarray(v, dtype=dtype).reshape(-1)
+    return conv
+
+
+@attrs.define(eq=False)
+class LayerRecord:
+    """One entry of the record; a field absent from the file is None."""
+
+    scale_d: float | None = None
+    offset_d: int | None = None
+    scale_w: np.ndarray | None = attrs.field(default=None, converter=_opt_array(np.float32))
+    offset_w: np.ndarray | None = attrs.field(default=None, converter=_opt_array(np.int32))
+    shift_bit: np.ndarray | None = attrs.field(default=None, converter=_opt_array(np.uint32))
+    channels: int | None = None
+    height: int | None = None
+    width: int | None = None
+    skip_fusion: bool | None = None
+
+    @property
+    def has_activation(self) -> bool:
+        return self.scale_d is not None and self.offset_d is not None
+
+    @property
+    def has_weights(self) -> bool:
+        return self.scale_w is not None and self.scale_w.size > 0
+
+    def to_proto(self) -> caffe_pb2.SingleLayerRecord:
+        p = caffe_pb2.SingleLayerRecord()
+        for f in _SCALARS:
+            v = getattr(self, f)
+            if v is not None:
+                setattr(p, f, type(getattr(p, f))(v))
+        for f in _ARRAYS:
+            v = getattr(self, f)
+            if v is not None:
+                getattr(p, f).extend(v.tolist())
+        return p
+
+    @classmethod
+    def from_proto(cls, p: caffe_pb2.SingleLayerRecord) -> "LayerRecord":
+        kw: dict[str, Any] = {f: getattr(p, f) if p.HasField(f) else None for f in _SCALARS}
+        for f in _ARRAYS:
+            vals = getattr(p, f)
+            kw[f] = list(vals) if len(vals) else None
+        return cls(**kw)
+
+
+def validate_record(rec: LayerRecord, where: str, key: str) -> None:
+    """Raise ``RecordError`` naming file, key and field for an unusable value."""
+    def bad(field: str, why: str) -> RecordError:
+        return RecordError(f"{where}: record '{key}': {field} {why}")
+
+    if rec.scale_d is not None and not (math.isfinite(rec.scale_d) and rec.scale_d > 0):
+        raise bad("scale_d", f"must be a finite value > 0, got {rec.scale_d}")
+    if rec.offset_d is not None and not -128 <= rec.offset_d <= 127:
+        raise bad("offset_d", f"must be in [-128, 127], got {rec.offset_d}")
+    if rec.scale_w is not None:
+        ok = np.isfinite(rec.scale_w) & (rec.scale_w > 0)
+        if not ok.all():
+            i = int(np.flatnonzero(~ok)[0])
+            raise bad("scale_w", f"[{i}] must be a finite value > 0, got {rec.scale_w[i]}")
+    if rec.offset_w is not None and (rec.offset_w != 0).any():
+        i = int(np.flatnonzero(rec.offset_w != 0)[0])
+        raise bad("offset_w", f"[{i}] must be 0 (weights are symmetric), got {rec.offset_w[i]}")
+
+
+def parse_record_text(text: str, where: str = "<record>") -> dict[str, LayerRecord]:
+    """Parse and validate record text; keys keep their order of appearance."""
+    msg = caffe_pb2.ScaleOffsetRecord()
+    try:
+        text_format.Parse(text, msg)
+    except text_format.ParseError as e:
+        line, col = e.GetLine(), e.GetColumn()
+        pos = f"{line}:{col}" if line is not None else "?"
+        raise RecordError(f"{where}:{pos}: not a valid ScaleOffsetRecord: {e}") from None
+    out: dict[str, LayerRecord] = {}
+    for i, entry in enumerate(msg.record):
+        key = entry.key
+        if not key:
+            raise RecordError(f"{where}: record #{i + 1} has no key")
+        if key in out:
+            raise RecordError(f"{where}: record '{key}' appears twice")
+        rec = LayerRecord.from_proto(entry.value)
+        validate_record(rec, where, key)
+        out[key] = rec
+    return out
+
+
+def read_record(path: str) -> dict[str, LayerRecord]:
+    """Read and validate a record file.  An empty file is an empty record."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise RecordError(f"{path}: record file does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecordError(f"{path}: cannot read record file: {e}") from None
+    return parse_record_text(text, path)
+
+
+def record_text(records: dict[str, LayerRecord]) -> str:
+    """Deterministic text of ``records``: keys sorted, protobuf's shortest float form."""
+    msg = caffe_pb2.ScaleOffsetRecord()
+    for key in sorted(records):
+        entry = msg.record.add()
+        entry.key = key
+        entry.value.CopyFrom(records[key].to_proto())
+    return text_format.MessageToString(msg, as_utf8=True)
+
+
+def write_record(path: str, records: dict[str, LayerRecord]) -> None:
+    """Validate and write ``records`` atomically (keys sorted)."""
+    for key, rec in records.items():
+        validate_record(rec, path, key)
+    atomic_write_text(path, record_text(records))
+
+
+def create_empty_record(path: str) -> None:
+    """Create (or empty) the record file so it is valid from the start."""
+    atomic_write_text(path, "")
+
+
+_FIELDS = set(_SCALARS) | set(_ARRAYS)
+
+
+def merge_record(path: str, key: str, **fields: Any) -> LayerRecord:
+    """Set ``fields`` of entry ``key`` (created if absent) and rewrite the file.
+
+    A field given as None is removed.  Read-modify-write of the whole file,
+    written atomically: calibration layers calling this one after another (as
+    the runtime does within one forward pass) never lose each other's entries,
+    and a crash leaves the previous complete file.  Concurrent writers from
+    several processes are not coordinated.
+    """
+    unknown = set(fields) - _FIELDS
+    if unknown:
+        raise RecordError(f"{path}: record '{key}': unknown field(s) {sorted(unknown)}")
+    records = read_record(path) if os.path.exists(path) else {}
+    rec = records.get(key) or LayerRecord()
+    for f, v in fields.items():
+        setattr(rec, f, v)      # attrs converters normalise arrays
+    records[key] = rec
+    write_record(path, records)
+    return rec

@@ -1,0 +1,89 @@
+"""Record file I/O: format, determinism, merging and validation messages."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from amct.errors import RecordError
+from amct.quant import (LayerRecord, create_empty_record, merge_record, read_record,
+                        write_record)
+
+EXAMPLE = """record { key: "conv1"
+  value { scale_d: 1.0745 offset_d: -14 scale_w: 0.0045 scale_w: 0.0004 offset_w: 0 offset_w: 0
+          channels: 3 height: 224 width: 224 } }
+record { key: "fc1" value { scale_d: 0.5 offset_d: 0 scale_w: 0.01 skip_fusion: true } }
+"""
+
+
+def test_read_spec_example(tmp_path) -> None:
+    p = tmp_path / "record.txt"
+    p.write_text(EXAMPLE)
+    rec = read_record(str(p))
+    assert list(rec) == ["conv1", "fc1"]
+    c = rec["conv1"]
+    assert c.scale_d == pytest.approx(1.0745) and c.offset_d == -14
+    np.testing.assert_allclose(c.scale_w, [0.0045, 0.0004], rtol=1e-6)
+    assert (c.channels, c.height, c.width) == (3, 224, 224)
+    assert c.shift_bit is None and c.skip_fusion is None
+    assert rec["fc1"].skip_fusion is True and rec["fc1"].offset_w is None
+
+
+def test_write_is_sorted_and_deterministic(tmp_path) -> None:
+    recs = {"b": LayerRecord(scale_d=0.1, offset_d=3), "a": LayerRecord(scale_w=[0.5, 0.25])}
+    p1, p2 = tmp_path / "1.txt", tmp_path / "2.txt"
+    write_record(str(p1), recs)
+    write_record(str(p2), dict(reversed(list(recs.items()))))
+    assert p1.read_bytes() == p2.read_bytes()
+    text = p1.read_text()
+    assert text.index('key: "a"') < text.index('key: "b"')
+    back = read_record(str(p1))
+    assert back["b"].scale_d == pytest.approx(0.1) and back["b"].offset_d == 3
+    np.testing.assert_array_equal(back["a"].scale_w, [0.5, 0.25])
+
+
+def test_empty_and_merge(tmp_path) -> None:
+    p = str(tmp_path / "sub" / "r.txt")
+    create_empty_record(p)
+    assert read_record(p) == {}
+    merge_record(p, "conv1", scale_w=np.array([0.1, 0.2]), offset_w=[0, 0])
+    merge_record(p, "conv2", scale_d=2.0, offset_d=-128)
+    merge_record(p, "conv1", scale_d=0.5, offset_d=7, channels=3, height=5, width=6)
+    rec = read_record(p)
+    assert rec["conv1"].scale_d == 0.5 and rec["conv1"].offset_d == 7
+    np.testing.assert_allclose(rec["conv1"].scale_w, [0.1, 0.2], rtol=1e-6)
+    assert rec["conv2"].offset_d == -128
+    merge_record(p, "conv2", offset_d=None)
+    assert read_record(p)["conv2"].offset_d is None
+    with pytest.raises(RecordError, match="unknown field"):
+        merge_record(p, "conv2", bogus=1)
+
+
+@pytest.mark.parametrize("value, field", [
+    ("scale_d: 0", "scale_d"), ("scale_d: -1", "scale_d"), ("scale_d: inf", "scale_d"),
+    ("scale_d: nan", "scale_d"), ("offset_d: 128", "offset_d"), ("offset_d: -129", "offset_d"),
+    ("scale_w: 0.1 scale_w: 0", "scale_w"), ("offset_w: 0 offset_w: 3", "offset_w"),
+])
+def test_validation_names_file_key_field(tmp_path, value, field) -> None:
+    p = tmp_path / "bad.txt"
+    p.write_text(f'record {{ key: "conv7" value {{ {value} }} }}\n')
+    with pytest.raises(RecordError, match=rf"bad.txt: record 'conv7': {field}"):
+        read_record(str(p))
+
+
+def test_parse_error_has_line_and_column(tmp_path) -> None:
+    p = tmp_path / "bad.txt"
+    p.write_text('record {\n  key: "a"\n  value { scale_q: 1 }\n}\n')
+    with pytest.raises(RecordError, match=r"bad.txt:3:\d+"):
+        read_record(str(p))
+
+
+def test_duplicate_and_missing_keys(tmp_path) -> None:
+    p = tmp_path / "dup.txt"
+    p.write_text('record { key: "a" } record { key: "a" }')
+    with pytest.raises(RecordError, match="'a' appears twice"):
+        read_record(str(p))
+    p.write_text('record { value { scale_d: 1 } }')
+    with pytest.raises(RecordError, match="no key"):
+        read_record(str(p))
+    with pytest.raises(RecordError, match="does not exist"):
+        read_record(str(tmp_path / "none.txt"))
