@@ -19,7 +19,8 @@ import numpy as np
 
 from amct.config import (QuantConfig, check_against_graph, default_layer_config, read_config,
                          read_simple_config, write_config)
-from amct.errors import ConfigError, DataError, GraphError, QuantizationError, RecordError
+from amct.errors import (ConfigError, DataError, GraphError, QuantizationError, RecordError,
+                         WeightsError)
 from amct.fileio import AtomicGroup
 from amct.ir import Graph
 from amct.passes import Fusion, PassContext, pipeline
@@ -51,6 +52,9 @@ _SESSIONS: "weakref.WeakKeyDictionary[Graph, _Session]" = weakref.WeakKeyDiction
 def _load(model_file: str, weights_file: str) -> Graph:
     from amct.frontends.caffe import load_caffe
 
+    if weights_file is None:
+        raise WeightsError(f"{model_file}: no weights file given (weights_file is None); "
+                           "quantization needs the trained .caffemodel")
     graph = load_caffe(str(model_file), str(weights_file))
     for layer in graph.layers:
         bp = layer.params.batch_norm_param

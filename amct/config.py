@@ -115,6 +115,22 @@ def write_config(cfg: QuantConfig, path: str) -> None:
 
 
 # ------------------------------------------------------------------ reading
+def _read_text(path: str) -> str:
+    """A config file's text; unreadable or non-UTF-8 files are ConfigErrors."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise ConfigError(f"{path}:{line}:{col}: not UTF-8 text (byte offset {e.start}: "
+                          f"0x{data[e.start]:02x})") from None
+
+
 class _Checker:
     """Type checks that name the file and the key path in their errors."""
 
@@ -286,11 +302,7 @@ def check_against_graph(cfg: QuantConfig, graph: Graph, path: str = "<config>") 
 
 def read_config(path: str, graph: Graph | None = None) -> QuantConfig:
     """Read and validate a JSON config (and check it against ``graph`` if given)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
+    text = _read_text(path)
     cfg = parse_config_text(text, path)
     if graph is not None:
         check_against_graph(cfg, graph, path)
@@ -300,11 +312,7 @@ def read_config(path: str, graph: Graph | None = None) -> QuantConfig:
 # ------------------------------------------------------- simplified config
 def parse_simple_config(path: str) -> amct_config_pb2.AMCTConfig:
     """Parse a .cfg (protobuf text AMCTConfig); syntax errors give line:col."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
+    text = _read_text(path)
     msg = amct_config_pb2.AMCTConfig()
     try:
         text_format.Parse(text, msg)

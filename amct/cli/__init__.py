@@ -31,6 +31,14 @@ SUBCOMMANDS = ("calibrate_cmd", "convert_cmd", "inspect_cmd", "compare_cmd", "ev
 EXIT_OK, EXIT_INTERNAL, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments give one line, like every other error (argparse prints the
+    whole usage block first); subcommand parsers inherit this class."""
+
+    def error(self, message: str):
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (usage: {self.prog} --help)\n")
+
+
 def _global_options(suppress: bool) -> argparse.ArgumentParser:
     """--quiet/--debug, accepted before or after the subcommand.
 
@@ -49,7 +57,7 @@ def _global_options(suppress: bool) -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     from amct import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG, parents=[_global_options(False)],
         description="INT8 post-training quantization of Caffe models for Ascend NPUs "
                     "(AMCT-compatible, with its own numpy Caffe runtime).",

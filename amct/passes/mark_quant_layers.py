@@ -29,14 +29,15 @@ class MarkQuantLayers(Pass):
 
         err = ConfigError if ctx.config is not None else RecordError
         source = "the config" if ctx.config is not None else "the record"
+        where = f"{ctx.record_path}: " if ctx.config is None and ctx.record_path else ""
         wanted = list(dict.fromkeys(ctx.quant_layers))
         for name in wanted:
             layer = graph.find(name)
             if layer is None:
-                raise err(f"layer '{name}' from {source} is not in the (fused) model")
+                raise err(f"{where}layer '{name}' from {source} is not in the (fused) model")
             reason = not_quantizable_reason(layer)
             if reason is not None:
-                raise err(f"layer '{name}' from {source} cannot be quantized: {reason}")
+                raise err(f"{where}layer '{name}' from {source} cannot be quantized: {reason}")
         chosen = set(wanted)
         for layer in graph.layers:
             if layer.name not in chosen:

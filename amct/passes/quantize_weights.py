@@ -21,12 +21,12 @@ from amct.quant.record import LayerRecord
 from amct.quant.rounding import round_half_away
 
 
-def _with_record_scale(layer: Layer, scale_w: np.ndarray) -> np.ndarray:
+def _with_record_scale(layer: Layer, scale_w: np.ndarray, where: str = "") -> np.ndarray:
     """int8 weights of ``layer`` for a given scale (ARQ's rounding and clamp)."""
     w = layer.blobs[0]
     c = output_channels(layer)
     if scale_w.size not in (1, c):
-        raise RecordError(f"record '{layer.name}': scale_w has {scale_w.size} values, "
+        raise RecordError(f"{where}record '{layer.name}': scale_w has {scale_w.size} values, "
                           f"expected 1 or {c} (output channels)")
     view = channel_scale_view(scale_w, w.shape, layer.type, group_count(layer)).astype(np.float64)
     return np.clip(round_half_away(w.astype(np.float64) / view), -128, 127).astype(np.int8)
@@ -48,7 +48,8 @@ class QuantizeWeights(Pass):
             rec = ctx.record.get(layer.name) or LayerRecord()
             if ctx.weights_from_record and rec.has_weights:
                 scale_w = rec.scale_w.astype(np.float32)
-                w_q = _with_record_scale(layer, scale_w)
+                w_q = _with_record_scale(layer, scale_w,
+                                         f"{ctx.record_path}: " if ctx.record_path else "")
                 layer.meta["quant_config"].channel_wise = scale_w.size > 1
             else:
                 scale_w, w_q = arq_weights(layer.blobs[0], bool(cfg.channel_wise), layer.type,
