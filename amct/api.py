@@ -114,6 +114,9 @@ def build_default_config(graph: Graph, skip_layers: Sequence[str] | None = None,
         if layer.type not in QUANTIZABLE_TYPES:
             raise ConfigError(f"skip_layers: layer '{name}' is of type '{layer.type}', which is "
                               "never quantized")
+        reason = not_quantizable_reason(layer)
+        if reason is not None:
+            raise ConfigError(f"skip_layers: layer '{name}' is never quantized ({reason})")
     cfg = QuantConfig(batch_num=int(batch_num), activation_offset=activation_offset)
     for layer in graph.layers:
         if not_quantizable_reason(layer) is None:

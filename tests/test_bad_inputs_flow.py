@@ -493,6 +493,8 @@ CASES: list[tuple[str, Callable[[World], None], type, tuple[str, ...]]] = [
      ("skip_layers", "no layer named 'conv7'")),
     ("args-non-quantizable-skip", args_case(skip_layers=["relu1"]), ConfigError,
      ("skip_layers", "layer 'relu1'", "'ReLU'", "never quantized")),
+    ("args-max-pooling-skip", args_case(skip_layers=["pool1"]), ConfigError,
+     ("skip_layers", "layer 'pool1'", "never quantized", "Pooling that is not AVE")),
     ("args-skip-all", args_case(skip_layers=list(QUANTIZABLE)), ConfigError,
      ("mnist_deploy.prototxt", "every quantizable layer is skipped")),
     ("args-no-quantizable-layer", no_quantizable_layer, ConfigError,
