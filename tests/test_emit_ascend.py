@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import attrs
+
 import numpy as np
 import pytest
 
@@ -183,3 +185,24 @@ def test_save_outputs_writes_nothing_on_error(tmp_path) -> None:
     assert {k: open(p, "rb").read() for k, p in output_paths(prefix).items()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         p.split("/")[-1] for p in output_paths(prefix).values())
+
+
+def test_bias_term_follows_bias_q() -> None:
+    _, qg, _ = tiny_qgraph(seed=7)
+    # conv1 loses its bias (bias_q None); fc1 "gained" one in a fusion (bias_term false)
+    conv = qg.layer("conv1")
+    conv.params.convolution_param.bias_term = False
+    conv.blobs = conv.blobs[:1]
+    q = conv.meta["quant"]
+    conv.meta["quant"] = attrs.evolve(q, bias_q=None)
+    qg.layer("fc1").params.inner_product_param.bias_term = False
+    fk, dp = build_fake_quant(qg), build_deploy(qg)
+    for g in (fk, dp):
+        assert len(g.layer("conv1").blobs) == 1
+        assert g.layer("conv1").params.convolution_param.bias_term is False
+        assert len(g.layer("fc1").blobs) == 2
+        assert g.layer("fc1").params.inner_product_param.bias_term is True
+    x = np.random.default_rng(8).standard_normal((2, 4, 7, 7)).astype(np.float32)
+    a, b = run(fk, {"data": x})["fc1"], run(dp, {"data": x})["fc1"]
+    lsb = qg.layer("fc1").meta["quant"].deq_scale[0]
+    assert np.abs(a - b).max() <= lsb + 1e-5 * np.abs(a).max()

@@ -24,7 +24,8 @@ def _input(shape) -> Layer:
 def _quant(name="q", scale=4.0, offset=-3, with_offset=True, obj="") -> Layer:
     q = Layer(name, "Quant", ["data"], [name])
     p = q.params.quant_param
-    p.with_offset, p.scale, p.offset, p.object_layer = with_offset, scale, bytes([offset & 0xFF]), obj
+    p.with_offset, p.scale, p.object_layer = with_offset, scale, obj
+    p.offset = bytes([offset & 0xFF])
     return q
 
 
@@ -55,7 +56,8 @@ def test_deploy_quant_and_dequant_by_hand() -> None:
     x = np.array([[0.125, 40.0]], np.float32)           # codes (q - offset): 1, 130
     out = {}
     prog = compile_graph(g)
-    prog.run({"data": x}, observers=[lambda layer, j, b, v, a: out.setdefault(layer.name, a.copy())])
+    prog.run({"data": x},
+             observers=[lambda layer, j, b, v, a: out.setdefault(layer.name, a.copy())])
     assert out["q"].dtype == np.int16
     np.testing.assert_array_equal(out["q"], [[1, 130]])
     assert out["fc"].dtype == np.int32 and out["fc"][0, 0] == 1 - 260 + 5
@@ -70,7 +72,8 @@ def test_dequant_per_channel_and_fake_identity() -> None:
     np.testing.assert_array_equal(y, x * deq.reshape(1, 3, 1, 1))
     fake = Layer("dq", "DeQuant", ["data"], ["dq"], [deq, np.zeros(3, np.float32),
                                                      np.zeros(3, np.float32)])
-    np.testing.assert_array_equal(run(Graph("f", [_input([1, 3, 2, 2]), fake]), {"data": x})["dq"], x)
+    y = run(Graph("f", [_input([1, 3, 2, 2]), fake]), {"data": x})["dq"]
+    np.testing.assert_array_equal(y, x)
     bad = Layer("dq", "DeQuant", ["data"], ["dq"], [pack_deq_scale(deq, offset_w=1)])
     with pytest.raises(QuantizationError, match="'dq'.*offset_w"):
         run(Graph("b", [_input([1, 3, 2, 2]), bad]), {"data": x})

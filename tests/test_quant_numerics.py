@@ -10,7 +10,7 @@ from amct.quant import (arq_weights, channel_scale_view, pack_deq_scale, quantiz
 
 
 def test_round_half_away_from_zero() -> None:
-    x = np.array([0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 0.49999997, -0.49999997, 2.4, -2.6, 0.0])
+    x = np.array([0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 0.49999997, -0.49999997, 2.4, -2.6, 0])
     np.testing.assert_array_equal(round_half_away(x), [1, -1, 2, -2, 3, -3, 0, -0, 2, -3, 0])
     # The largest double below 0.5: floor(x + 0.5) would give 1.
     assert round_half_away(np.nextafter(0.5, 0.0)) == 0.0
@@ -19,7 +19,8 @@ def test_round_half_away_from_zero() -> None:
 
 
 def test_arq_per_channel_conv_by_hand() -> None:
-    w = np.array([[[[1.0, -2.54]]], [[[0.0, 0.0]]], [[[0.9921875, 0.50390625]]]], np.float32)  # (3,1,1,2)
+    w = np.array([[[[1.0, -2.54]]], [[[0.0, 0.0]]], [[[0.9921875, 0.50390625]]]],
+                 np.float32)                                     # shape (3, 1, 1, 2)
     scale, w_q = arq_weights(w, True, "Convolution")
     # channel 0: amax 2.54 -> scale 0.02, 1/0.02 = 50, -2.54/0.02 = -127
     # channel 1: all zero -> scale below FLT_EPSILON -> 1.0, weights 0

@@ -51,3 +51,16 @@ def f32(v) -> np.float32:
     """A float32 scalar: numpy 2 promotes float32 arrays to float64 when
     combined with float64 scalars, which would change dtype and speed."""
     return np.float32(v)
+
+
+def inplace(kernel, inputs: Sequence[int] = (0,)):
+    """Declare that ``kernel(xs, reuse=k)`` can write its single output into
+    ``xs[k]`` (for ``k`` in ``inputs``) and return that array.
+
+    The runtime passes ``reuse`` only when it has proved the input is dead
+    after this layer, float32, writable and shared with nobody; kernels
+    without the declaration are always called as ``kernel(xs)`` and never
+    write into their inputs.  Saves one output allocation (and its page
+    faults) per elementwise layer."""
+    kernel.inplace = tuple(inputs)
+    return kernel

@@ -35,8 +35,9 @@ def quant_factors(layer) -> tuple[np.float32, int]:
     p = layer.params.quant_param
     scale = float(p.scale) if p.HasField("scale") else math.nan
     if not (math.isfinite(scale) and scale > 0):
+        got = p.scale if p.HasField("scale") else "none"
         raise QuantizationError(f"layer '{layer.name}' ({layer.type}): quant_param.scale must "
-                                f"be a finite value > 0, got {p.scale if p.HasField('scale') else 'none'}")
+                                f"be a finite value > 0, got {got}")
     off = p.offset
     if len(off) > 1:
         raise QuantizationError(f"layer '{layer.name}' ({layer.type}): quant_param.offset must "

@@ -64,7 +64,9 @@ class StreamingHistogram:
             k0 = math.floor(lo / w)
             if k0 + b >= math.ceil(hi / w):
                 break
-        factor = 2 ** m
+        # |k0 + i| < 2^62, so capping the divisor keeps floor division exact
+        # (and int64) even after a huge range jump.
+        factor = 2 ** min(m, 62)
         new_idx = np.floor_divide(self.k0 + np.arange(b, dtype=np.int64), factor) - k0
         # Old bin i falls entirely into new bin new_idx[i]: an exact integer merge.
         merged = np.bincount(new_idx, weights=self.counts.astype(np.float64), minlength=b)[:b]

@@ -37,11 +37,16 @@ def group_count(layer: Layer) -> int:
 
 
 def set_bias_term(layer: Layer, has_bias: bool) -> None:
-    """Keep the layer's bias_term consistent with the blobs it will carry."""
+    """Keep the layer's bias_term consistent with the blobs it will carry
+    (written only when it changes, so untouched layers keep their text)."""
     if layer.type in ("Convolution", "Deconvolution"):
-        layer.params.convolution_param.bias_term = has_bias
+        param = layer.params.convolution_param
     elif layer.type == "InnerProduct":
-        layer.params.inner_product_param.bias_term = has_bias
+        param = layer.params.inner_product_param
+    else:
+        return
+    if param.bias_term != has_bias:
+        param.bias_term = has_bias
 
 
 def emitted_copy(qgraph: Graph) -> tuple[Graph, list[tuple[Layer, LayerQuant]], dict[str, Layer]]:

@@ -13,7 +13,8 @@ import numpy as np
 
 from amct.ir import Graph
 from amct.quant.arq import channel_scale_view
-from amct.backends.ascend._qgraph import WEIGHTED_TYPES, emitted_copy, f32, group_count, set_bias_term
+from amct.backends.ascend._qgraph import (WEIGHTED_TYPES, emitted_copy, f32, group_count,
+                                          set_bias_term)
 
 
 def build_fake_quant(qgraph: Graph) -> Graph:
