@@ -13,7 +13,6 @@ from typing import Any, Iterable
 
 import attrs
 import numpy as np
-from google.protobuf import text_format
 
 from amct.errors import ConfigError
 from amct.fileio import atomic_write_text
@@ -21,6 +20,7 @@ from amct.ir import Graph
 from amct.passes.quantizable import (CHANNEL_WISE_TYPES, QUANTIZABLE_TYPES,
                                      not_quantizable_reason)
 from amct.proto import amct_config_pb2
+from amct.proto.text import parse_text
 
 GLOBAL_KEYS = ("version", "batch_num", "activation_offset", "do_fusion", "skip_fusion_layers")
 LAYER_KEYS = ("quant_enable", "activation_quant_params", "weight_quant_params")
@@ -313,13 +313,7 @@ def read_config(path: str, graph: Graph | None = None) -> QuantConfig:
 def parse_simple_config(path: str) -> amct_config_pb2.AMCTConfig:
     """Parse a .cfg (protobuf text AMCTConfig); syntax errors give line:col."""
     text = _read_text(path)
-    msg = amct_config_pb2.AMCTConfig()
-    try:
-        text_format.Parse(text, msg)
-    except text_format.ParseError as e:
-        line, col = e.GetLine(), e.GetColumn()
-        reason = str(e).split(" : ", 1)[-1]
-        raise ConfigError(f"{path}:{line}:{col}: {reason}") from None
+    msg = parse_text(text, amct_config_pb2.AMCTConfig(), path, ConfigError)
     return msg
 
 

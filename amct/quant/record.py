@@ -18,6 +18,7 @@ from google.protobuf import text_format
 from amct.errors import RecordError
 from amct.fileio import atomic_write_text
 from amct.proto import caffe_pb2
+from amct.proto.text import parse_text
 
 _SCALARS = ("scale_d", "offset_d", "channels", "height", "width", "skip_fusion")
 _ARRAYS = {"scale_w": np.float32, "offset_w": np.int32, "shift_bit": np.uint32}
@@ -93,13 +94,8 @@ def validate_record(rec: LayerRecord, where: str, key: str) -> None:
 
 def parse_record_text(text: str, where: str = "<record>") -> dict[str, LayerRecord]:
     """Parse and validate record text; keys keep their order of appearance."""
-    msg = caffe_pb2.ScaleOffsetRecord()
-    try:
-        text_format.Parse(text, msg)
-    except text_format.ParseError as e:
-        line, col = e.GetLine(), e.GetColumn()
-        pos = f"{line}:{col}" if line is not None else "?"
-        raise RecordError(f"{where}:{pos}: not a valid ScaleOffsetRecord: {e}") from None
+    msg = parse_text(text, caffe_pb2.ScaleOffsetRecord(), where, RecordError,
+                     "not a valid ScaleOffsetRecord")
     out: dict[str, LayerRecord] = {}
     for i, entry in enumerate(msg.record):
         key = entry.key

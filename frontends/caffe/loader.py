@@ -6,13 +6,13 @@ from collections import defaultdict
 
 import numpy as np
 from google.protobuf import message as pb_message
-from google.protobuf import text_format
 
 from amct.errors import (CaffemodelError, ModelFormatError, PrototxtSyntaxError, UnsupportedLayerError,
                          WeightsError)
 from amct.frontends.caffe import upgrade, wire
 from amct.ir import Graph, Layer, get_layer_def
 from amct.proto import caffe_pb2
+from amct.proto.text import parse_text
 
 
 def _read_text(path: str) -> str:
@@ -41,16 +41,7 @@ def parse_prototxt(path: str, text: str | None = None) -> caffe_pb2.NetParameter
     """Parse a text NetParameter; syntax errors name file:line:column."""
     if text is None:
         text = _read_text(path)
-    net = caffe_pb2.NetParameter()
-    try:
-        text_format.Parse(text, net, allow_unknown_extension=False)
-    except text_format.ParseError as e:
-        line, col = getattr(e, "GetLine", lambda: None)(), getattr(e, "GetColumn", lambda: None)()
-        msg = str(e)
-        # ParseError's str already starts with "line:col : "; keep only the reason.
-        reason = msg.split(" : ", 1)[1] if " : " in msg else msg
-        pos = f"{line}:{col}" if line is not None else "?"
-        raise PrototxtSyntaxError(f"{path}:{pos}: {reason}") from None
+    net = parse_text(text, caffe_pb2.NetParameter(), path, PrototxtSyntaxError)
     return net
 
 
