@@ -4,7 +4,7 @@ Usage::
 
     python bench/accuracy.py [--models lenet det1 det2 det3 cifar10 ultraface]
                              [--algos ifmr hfmg] [--work bench/_work/accuracy]
-                             [--json bench/_work/accuracy/layers.json]
+                             [--json bench/_work/accuracy/layers.json] [--ort]
 
 * LeNet: calibrated on 100 MNIST *training* images (a spread over the
   label-sorted 5k file: every 50th row, 2 batches of 50), evaluated on the
@@ -14,7 +14,9 @@ Usage::
   >= 99.95 %.
 * MTCNN det1-3, cifar10_quick, UltraFace slim-320: calibrated on crops of some
   real images, evaluated on *other* images: cosine similarity of every net
-  output, fake-quant vs fp32, printed beside the ONNX Runtime reference.
+  output, fake-quant vs fp32, printed beside the ONNX Runtime reference
+  (the issue's figures; with ``--ort``, ONNX Runtime INT8 measured on the
+  same batches, see ``bench/ort_compare.py``).
 * A per-layer table for every model and algorithm (scale_d, offset_d, clip
   ratio = share of the layer's input values outside the int8 range, cosine of
   the layer's float output vs its fake-quant output) written as JSON.
@@ -238,7 +240,8 @@ def _run_all(graph, batches: list[np.ndarray]) -> dict[str, np.ndarray]:
     return {k: np.concatenate(v) for k, v in outs.items()}
 
 
-def bench_lenet(algos, work: Path, report: dict) -> None:
+def lenet_case() -> dict:
+    """LeNet files, calibration batches, the 10k test images in batches of 1000, labels."""
     m = MODELS
     rows = np.loadtxt(gzip.open(m / "mnist/mnist_5k_train.csv.gz"), delimiter=",",
                       dtype=np.float32)
@@ -247,8 +250,14 @@ def bench_lenet(algos, work: Path, report: dict) -> None:
     images = _read_idx(m / "mnist/t10k-images-idx3-ubyte.gz").astype(np.float32) / 256.0
     labels = _read_idx(m / "mnist/t10k-labels-idx1-ubyte.gz")
     test = [images[i:i + 1000, None] for i in range(0, len(images), 1000)]
-    case = {"model": m / "lenet_mnist/mnist_deploy.prototxt",
-            "weights": m / "lenet_mnist/lenet_iter_10000.caffemodel", "calib": batches}
+    return {"model": m / "lenet_mnist/mnist_deploy.prototxt",
+            "weights": m / "lenet_mnist/lenet_iter_10000.caffemodel", "calib": batches,
+            "eval": test, "labels": labels}
+
+
+def bench_lenet(algos, work: Path, report: dict) -> None:
+    case = lenet_case()
+    test, labels = case["eval"], case["labels"]
     print("LeNet / MNIST (calibration: 100 training images; test: 10,000 images)")
     fp32 = None
     for algo in algos:
@@ -272,7 +281,9 @@ def bench_lenet(algos, work: Path, report: dict) -> None:
         report.setdefault("lenet", {})[algo] = row
 
 
-def bench_cosine(name: str, algos, work: Path, report: dict) -> None:
+def bench_cosine(name: str, algos, work: Path, report: dict, ort: dict | None = None) -> None:
+    """``ort``: ONNX Runtime cosines measured on these batches (``--ort``),
+    printed instead of the quoted references."""
     case = model_case(name)
     print(f"{name}: calibration {sum(len(b) for b in case['calib'])} inputs, "
           f"evaluation {sum(len(b) for b in case['eval'])} other inputs")
@@ -284,15 +295,30 @@ def bench_cosine(name: str, algos, work: Path, report: dict) -> None:
         for k in ref:
             c = cosine(ref[k], fake[k])
             cd = cosine(fake[k], dep[k])
-            ort = ORT_REFERENCE.get((name, k))
-            row["outputs"][k] = {"cosine_fake_vs_fp32": c, "cosine_deploy_vs_fake": cd,
-                                 "onnxruntime_reference": ort}
-            ref_s = f"{ort:.5f}" if ort is not None else "   -   "
-            print(f"  {algo:<5} {k:<10} cosine fake/fp32 {c:.6f}   ONNX Runtime {ref_s}   "
-                  f"deploy/fake {cd:.7f}")
+            if ort is None:
+                theirs = ORT_REFERENCE.get((name, k))
+                row["outputs"][k] = {"cosine_fake_vs_fp32": c, "cosine_deploy_vs_fake": cd,
+                                     "onnxruntime_reference": theirs}
+                ref_s = f"{theirs:.5f}" if theirs is not None else "   -   "
+                print(f"  {algo:<5} {k:<10} cosine fake/fp32 {c:.6f}   ONNX Runtime {ref_s}   "
+                      f"deploy/fake {cd:.7f}")
+            else:
+                theirs = ort[k]
+                row["outputs"][k] = {"cosine_fake_vs_fp32": c, "cosine_deploy_vs_fake": cd,
+                                     "onnxruntime_measured": theirs}
+                print(f"  {algo:<5} {k:<10} cosine fake/fp32 {c:.6f}   ONNX Runtime (same "
+                      f"images) {theirs:.6f}{' <' if c < theirs else '  '}   deploy/fake {cd:.7f}")
         row["layers"] = layer_table(fg, fk, r["info"], case["eval"][:1])
         _print_layers(algo, row["layers"])
         report.setdefault(name, {})[algo] = row
+
+
+def _measured_ort(name: str, work: Path) -> dict:
+    """{output: cosine ORT INT8 (uint8 activations) vs ORT fp32} on this bench's batches."""
+    from ort_compare import measure_ort
+
+    row = measure_ort(name, model_case(name), work / "ort")
+    return {k: v["ort_QUInt8"] for k, v in row["outputs"].items()}
 
 
 def main(argv=None) -> int:
@@ -302,6 +328,10 @@ def main(argv=None) -> int:
     ap.add_argument("--algos", nargs="+", default=["ifmr", "hfmg"], choices=["ifmr", "hfmg"])
     ap.add_argument("--work", default=str(REPO / "bench/_work/accuracy"))
     ap.add_argument("--json", default=None, help="per-layer report (default: WORK/layers.json)")
+    ap.add_argument("--ort", action="store_true",
+                    help="measure ONNX Runtime INT8 (QDQ, per-channel, MinMax, uint8 "
+                         "activations) on the same images instead of quoting the issue's figures "
+                         "(needs onnx, onnxruntime; see bench/ort_compare.py)")
     args = ap.parse_args(argv)
     if not MODELS.exists():
         print(f"{MODELS} not found (set AMCT_SHARED)", file=sys.stderr)
@@ -313,7 +343,8 @@ def main(argv=None) -> int:
         if name == "lenet":
             bench_lenet(args.algos, work, report)
         else:
-            bench_cosine(name, args.algos, work, report)
+            bench_cosine(name, args.algos, work, report, _measured_ort(name, work) if args.ort
+                         else None)
         print(f"  ({time.perf_counter() - t:.1f} s)\n")
     out = Path(args.json or work / "layers.json")
     out.parent.mkdir(parents=True, exist_ok=True)
