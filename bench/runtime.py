@@ -4,6 +4,7 @@ Usage::
 
     python bench/runtime.py [--models lenet det3 resnet50] [--batch 1 8] [--repeat 5]
                             [--work bench/_work/runtime] [--threads N] [--no-opencv]
+                            [--plain] [--no-memory]
 
 Models: the trained LeNet, MTCNN det3 and cifar10_quick from ``shared/models``,
 and SqueezeNet v1.1, MobileNet v2, GoogLeNet, ResNet-50 and VGG16 from
@@ -15,7 +16,12 @@ and run the same random input.
 For each model and batch size it prints the best-of-``--repeat`` time per
 image of ours and of OpenCV (``cv2.dnn.readNetFromCaffe``), the ratio
 ours/OpenCV, the max |difference| of the final outputs, and at batch 8 the
-geometric mean of the ratios.  Reference figures (OpenCV / BVLC Caffe, batch 8,
+geometric mean of the ratios.  ``--plain`` also times the unoptimized plan
+(``compile(..., optimize=False)``: no folding, no in-place execution) in the
+same run.  The peak memory column is the largest amount of memory numpy
+allocated during one forward pass beyond the weights (tracemalloc, measured
+in a separate untimed pass), next to the largest single layer's input +
+output.  Reference figures (OpenCV / BVLC Caffe, batch 8,
 ms/image, measured elsewhere) are printed alongside; a model slower than the
 Caffe figure is flagged.  Timings on a shared machine are noisy: compare the
 ratios measured in the same run, not absolute numbers across runs.
@@ -105,17 +111,21 @@ class OursRunner:
     """The project's runtime: ``amct.runtime.compile`` when present, else a
     plain loop over the layers' kernels (before the executor existed)."""
 
-    def __init__(self, proto: str, weights: str, batch: int):
+    def __init__(self, proto: str, weights: str, batch: int, optimize: bool = True,
+                 graph=None):
         from amct.frontends.caffe import load_caffe
 
-        self.graph = load_caffe(proto, weights)
+        self.graph = graph if graph is not None else load_caffe(proto, weights)
         self.input = self.graph.inputs[0]
         try:
             from amct.runtime import compile as rt_compile
         except ImportError:
             rt_compile = None
         if rt_compile is not None:
-            self.prog = rt_compile(self.graph, batch_size=batch)
+            try:
+                self.prog = rt_compile(self.graph, batch_size=batch, optimize=optimize)
+            except TypeError:           # a runtime without the optimizer
+                self.prog = rt_compile(self.graph, batch_size=batch)
             self.shape = tuple(self.prog.input_shapes[self.input])
             self.forward = self._run_program
         else:
@@ -149,8 +159,34 @@ class OursRunner:
         return vals[self.out_vid]
 
 
+def peak_memory(forward, x) -> float:
+    """Peak bytes numpy allocates during ``forward(x)`` (weights excluded:
+    they exist before tracing starts)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        forward(x)
+        return float(tracemalloc.get_traced_memory()[1])
+    finally:
+        tracemalloc.stop()
+
+
+def largest_layer_bytes(runner: OursRunner) -> float:
+    """max over layers of (inputs + outputs) bytes in float32."""
+    prog = getattr(runner, "prog", None)
+    if prog is None:
+        return float("nan")
+    shapes = prog.value_shapes
+    best = 0
+    for st in prog.steps:
+        n = sum(int(np.prod(shapes[v])) for v in st.in_vids + st.out_vids)
+        best = max(best, n * 4)
+    return float(best)
+
+
 def bench_model(name: str, batch: int, repeat: int, work: Path, with_cv: bool,
-                threads: int | None = None) -> dict:
+                threads: int | None = None, plain: bool = False, memory: bool = True) -> dict:
     proto, weights = model_files(name, work)
     ours = OursRunner(proto, weights, batch)
     rng = np.random.default_rng(0)
@@ -158,6 +194,16 @@ def bench_model(name: str, batch: int, repeat: int, work: Path, with_cv: bool,
     res = {"model": name, "batch": batch}
     y = ours.forward(x)
     res["ours"] = best_time(lambda: ours.forward(x), repeat) * 1e3 / batch
+    if memory:
+        res["peak_mb"] = peak_memory(ours.forward, x) / 2**20
+        res["layer_mb"] = largest_layer_bytes(ours) / 2**20
+    if plain:
+        ref = OursRunner(proto, weights, batch, optimize=False, graph=ours.graph)
+        yp = ref.forward(x)
+        res["plain"] = best_time(lambda: ref.forward(x), repeat) * 1e3 / batch
+        res["opt_diff"] = float(np.abs(yp - y).max())
+        if memory:
+            res["plain_peak_mb"] = peak_memory(ref.forward, x) / 2**20
     if with_cv:
         import cv2
 
@@ -183,6 +229,9 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--work", type=Path, default=REPO / "bench/_work/runtime")
     ap.add_argument("--no-opencv", action="store_true", help="time only the project's runtime")
+    ap.add_argument("--plain", action="store_true",
+                    help="also time the unoptimized plan (compile(optimize=False))")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     ap.add_argument("--threads", type=int, default=None,
                     help="threads for both runtimes (BLAS, amct kernels, cv2.setNumThreads); "
                          "default: all cores. Use 1 on a machine shared with other jobs: "
@@ -198,12 +247,14 @@ def main(argv=None) -> int:
             with_cv = False
 
     print(f"{'model':<13} {'batch':>5} {'ours ms/img':>12} {'opencv ms/img':>14} {'ratio':>7} "
-          f"{'max|diff|':>10}  {'ref cv/caffe (b8)':>18}  flag")
+          f"{'max|diff|':>10}  {'ref cv/caffe (b8)':>18}  {'peak MB':>8} {'layer MB':>8}"
+          + (f" {'plain ms/img':>12} {'plain peak':>10}" if args.plain else "") + "  flag")
     ratios8 = []
     slow = []
     for name in args.models:
         for b in args.batch:
-            r = bench_model(name, b, args.repeat, args.work, with_cv, args.threads)
+            r = bench_model(name, b, args.repeat, args.work, with_cv, args.threads,
+                            args.plain, not args.no_memory)
             cvt = r.get("opencv")
             ratio = r["ours"] / cvt if cvt else float("nan")
             ref_cv, ref_caffe = REFERENCE[name]
@@ -222,8 +273,13 @@ def main(argv=None) -> int:
                 elif r["ours"] > scaled:
                     flag = "slower than Caffe scaled by OpenCV speed"
             diff = f"{r['diff']:.2e}" if "diff" in r else "-"
+            mem = f"{r.get('peak_mb', float('nan')):>8.1f} {r.get('layer_mb', float('nan')):>8.1f}"
+            extra = ""
+            if args.plain:
+                extra = f" {r['plain']:>12.3f} {r.get('plain_peak_mb', float('nan')):>10.1f}"
             print(f"{name:<13} {b:>5} {r['ours']:>12.3f} {cvt if cvt else float('nan'):>14.3f} "
-                  f"{ratio:>7.2f} {diff:>10}  {ref_cv:>8.2f} / {ref_caffe:<7.1f}  {flag}", flush=True)
+                  f"{ratio:>7.2f} {diff:>10}  {ref_cv:>8.2f} / {ref_caffe:<7.1f}  {mem}{extra}  {flag}",
+                  flush=True)
     if ratios8:
         gm = math.exp(sum(math.log(r) for r in ratios8) / len(ratios8))
         print(f"\ngeometric mean ours/OpenCV at batch 8 over {len(ratios8)} models: {gm:.2f} "

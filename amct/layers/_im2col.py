@@ -136,6 +136,9 @@ def chunks(n: int, step: int):
 # Rows of a blocked elementwise loop are grouped so one block's working set
 # (accumulator, scratch, input rows) stays in the L2 cache.
 BLOCK = 32 * 1024
+# Column block of a depthwise convolution (channels x taps x wide plane): the
+# copies into it and the matmul reading it stay within the L2 cache.
+DW_BLOCK = 256 * 1024
 
 
 _POOL = None
@@ -225,10 +228,20 @@ def phase_layout(win: Window, h: int, w: int, oh: int, ow: int) -> PhaseLayout:
                        tuple(fills), oh, ow)
 
 
-def to_phases(x: np.ndarray, lay: PhaseLayout, fill, dtype) -> np.ndarray:
-    """``x`` (N, C, H, W) in phase layout: (N, C, len(phases), plane), padding = ``fill``."""
+def to_phases(x: np.ndarray, lay: PhaseLayout, fill, dtype, out: np.ndarray | None = None
+              ) -> np.ndarray:
+    """``x`` (N, C, H, W) in phase layout: (N, C, len(phases), plane), padding = ``fill``.
+
+    ``out`` (any array with at least that many elements, of ``dtype``) is
+    used as the buffer when given: kernels convert one cache-sized block at a
+    time into a reused scratch buffer, which is much faster than one large
+    fresh array (whose first touch page-faults every time)."""
     n, c = x.shape[:2]
-    buf = np.empty((n, c, len(lay.phases), lay.plane), dtype)
+    shape = (n, c, len(lay.phases), lay.plane)
+    if out is None:
+        buf = np.empty(shape, dtype)
+    else:
+        buf = out.reshape(-1)[:n * c * len(lay.phases) * lay.plane].reshape(shape)
     if fill == 0:
         buf.fill(0)
     else:

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from amct.ir.registry import LayerDef, Shape, register_layer
-from amct.layers._common import f32, need_inputs, shape_error
+from amct.layers._common import f32, inplace, need_inputs, shape_error
 
 UnaryFn = Callable[[np.ndarray], np.ndarray]
 
@@ -30,7 +30,19 @@ class ElementwiseDef(LayerDef):
 
     def build(self, layer, in_shapes):
         fn = self.make(layer, tuple(in_shapes[0]))
+        if getattr(fn, "writes_out", False):
+            def kernel(xs, reuse=None):
+                x = xs[0]
+                return [fn(x, x if reuse == 0 else None)]
+            return inplace(kernel)
         return lambda xs: [fn(xs[0])]
+
+
+def _out_capable(fn: Callable) -> Callable:
+    """Mark ``fn(x, out=None)`` as correct when ``out`` is ``x`` itself, so
+    the layer may run in place (see ``_common.inplace``)."""
+    fn.writes_out = True
+    return fn
 
 
 def _sigmoid_into(x: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -50,18 +62,22 @@ class ReLUDef(ElementwiseDef):
     def make(self, layer, shape):
         slope = f32(layer.param("relu_param").negative_slope)
         if slope == 0:
-            return lambda x: np.maximum(x, f32(0))
+            return _out_capable(lambda x, out=None: np.maximum(x, f32(0), out=out))
         if 0 < slope <= 1:
             # max(x, s*x) equals Caffe's max(x,0) + s*min(x,0) exactly for s in (0, 1].
-            def leaky(x):
-                out = np.multiply(x, slope)
-                return np.maximum(x, out, out=out)
+            @_out_capable
+            def leaky(x, out=None):
+                t = np.multiply(x, slope)
+                return np.maximum(x, t, out=t if out is None else out)
             return leaky
 
-        def general(x):
-            out = np.minimum(x, f32(0))
-            out *= slope
-            out += np.maximum(x, f32(0))
+        @_out_capable
+        def general(x, out=None):
+            # pos + neg equals Caffe's neg + pos bit for bit (addition commutes).
+            neg = np.minimum(x, f32(0))
+            neg *= slope
+            out = np.maximum(x, f32(0), out=out)
+            out += neg
             return out
         return general
 
@@ -81,7 +97,7 @@ class ReLU6Def(ElementwiseDef):
         else:
             slope = f32(layer.param("relu_param").negative_slope)
         if slope == 0:
-            return lambda x: np.clip(x, f32(0), f32(6))
+            return _out_capable(lambda x, out=None: np.clip(x, f32(0), f32(6), out=out))
 
         def leaky6(x):
             out = np.minimum(x, f32(0))
@@ -122,15 +138,18 @@ class PReLUDef(ElementwiseDef):
         if np.all((a >= 0) & (a <= 1)):
             # max(x, a*x) is bit-identical to Caffe's formula for slopes in [0, 1]
             # and needs two passes instead of four.
-            def prelu_fast(x):
-                out = np.multiply(x, a)
-                return np.maximum(x, out, out=out)
+            @_out_capable
+            def prelu_fast(x, out=None):
+                t = np.multiply(x, a)
+                return np.maximum(x, t, out=t if out is None else out)
             return prelu_fast
 
-        def prelu(x):
-            out = np.minimum(x, f32(0))
-            out *= a
-            out += np.maximum(x, f32(0))
+        @_out_capable
+        def prelu(x, out=None):
+            neg = np.minimum(x, f32(0))
+            neg *= a
+            out = np.maximum(x, f32(0), out=out)
+            out += neg
             return out
         return prelu
 
@@ -141,7 +160,8 @@ class SigmoidDef(ElementwiseDef):
     param_field = "sigmoid_param"
 
     def make(self, layer, shape):
-        return lambda x: _sigmoid_into(x, np.empty_like(x))
+        return _out_capable(lambda x, out=None: _sigmoid_into(x, np.empty_like(x) if out is None
+                                                             else out))
 
 
 @register_layer
@@ -150,7 +170,7 @@ class TanHDef(ElementwiseDef):
     param_field = "tanh_param"
 
     def make(self, layer, shape):
-        return np.tanh
+        return _out_capable(lambda x, out=None: np.tanh(x, out=out))
 
 
 @register_layer
@@ -158,7 +178,7 @@ class AbsValDef(ElementwiseDef):
     type = "AbsVal"
 
     def make(self, layer, shape):
-        return np.abs
+        return _out_capable(lambda x, out=None: np.abs(x, out=out))
 
 
 @register_layer
@@ -175,8 +195,13 @@ class PowerDef(ElementwiseDef):
             const = f32(1) if power == 0 else f32(np.power(shift, power))
             return lambda x: np.full(x.shape, const, dtype=np.float32)
 
-        def fn(x):
-            out = np.multiply(x, scale) if scale != 1 else x.copy()
+        @_out_capable
+        def fn(x, out=None):
+            # ``out`` is None or ``x`` itself (in-place run).
+            if scale != 1:
+                out = np.multiply(x, scale, out=out)
+            elif out is None:
+                out = x.copy()
             if shift != 0:
                 out += shift
             if power == 2:
@@ -294,7 +319,7 @@ class ClipDef(ElementwiseDef):
         lo, hi = f32(p.min), f32(p.max)
         if lo > hi:
             raise shape_error(layer, f"clip_param min {lo} > max {hi}")
-        return lambda x: np.clip(x, lo, hi)
+        return _out_capable(lambda x, out=None: np.clip(x, lo, hi, out=out))
 
 
 @register_layer

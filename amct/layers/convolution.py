@@ -163,8 +163,12 @@ def integer_kernel(float_kernel, name: str) -> Kernel:
 # ---------------------------------------------------------------- Convolution
 
 def _conv_kernel(spec: ConvSpec, in_shape: Shape, weight: np.ndarray, bias: np.ndarray | None,
-                 dtype) -> Kernel:
-    """The forward function of a convolution for one input shape."""
+                 dtype, epilogue=None) -> Kernel:
+    """The forward function of a convolution for one input shape.
+
+    ``epilogue(block)``, when given, is applied in place to each block of the
+    output right after it is written (while it is still in cache): the
+    runtime's optimizer uses it to fuse a following activation."""
     win = spec.window()
     lead = tuple(in_shape[:spec.axis])
     nimg = math.prod(lead)
@@ -180,11 +184,13 @@ def _conv_kernel(spec: ConvSpec, in_shape: Shape, weight: np.ndarray, bias: np.n
     bcol = None if bias is None else np.asarray(bias, dtype=dtype)
 
     if g == c == cout and g > 1:
-        body = _depthwise(win, x4_shape, oh, ow, wmat.reshape(c, win.kh * win.kw), bcol, dtype)
+        body = _depthwise(win, x4_shape, oh, ow, wmat.reshape(c, win.kh * win.kw), bcol, dtype,
+                          epilogue)
     elif win.is_pointwise:
-        body = _pointwise(x4_shape, wmat.reshape(g, cout // g, c // g), bcol, dtype)
+        body = _pointwise(x4_shape, wmat.reshape(g, cout // g, c // g), bcol, dtype, epilogue)
     else:
-        body = _im2col_gemm(win, x4_shape, oh, ow, wmat.reshape(g, cout // g, -1), bcol, dtype)
+        body = _im2col_gemm(win, x4_shape, oh, ow, wmat.reshape(g, cout // g, -1), bcol, dtype,
+                            epilogue)
 
     def run(inputs):
         x = np.ascontiguousarray(inputs[0]).reshape(x4_shape)
@@ -193,27 +199,38 @@ def _conv_kernel(spec: ConvSpec, in_shape: Shape, weight: np.ndarray, bias: np.n
     return run
 
 
-def _pointwise(x4_shape, wg: np.ndarray, bias, dtype):
-    """1x1, stride 1, no padding: each image's (C, H*W) matrix is the column matrix."""
+def _pointwise(x4_shape, wg: np.ndarray, bias, dtype, epilogue=None):
+    """1x1, stride 1, no padding: each image's (C, H*W) matrix is the column matrix.
+
+    One GEMM per image, each followed by its bias and epilogue: the image's
+    output is then still in cache for those passes (a GEMM over the whole
+    stacked batch leaves only the last image there)."""
     n, c, h, w = x4_shape
     g, coutg, _ = wg.shape
     cout = g * coutg
     w2 = wg[0] if g == 1 else None
+    bcol = None if bias is None else bias[:, None]
 
     def body(x):
         out = np.empty((n, cout, h * w), dtype)
-        if g == 1:
-            np.matmul(w2, x.reshape(n, c, h * w), out=out)
-        else:
-            np.matmul(wg, x.reshape(n, g, c // g, h * w), out=out.reshape(n, g, coutg, h * w))
-        if bias is not None:
-            out += bias[:, None]
+        xs = x.reshape(n, c, h * w)
+        for i in range(n):
+            o = out[i]
+            if g == 1:
+                np.matmul(w2, xs[i], out=o)
+            else:
+                np.matmul(wg, xs[i].reshape(g, c // g, h * w), out=o.reshape(g, coutg, h * w))
+            if bcol is not None:
+                o += bcol
+            if epilogue is not None:
+                epilogue(o)
         return out
 
     return body
 
 
-def _im2col_gemm(win: ic.Window, x4_shape, oh: int, ow: int, wg: np.ndarray, bias, dtype):
+def _im2col_gemm(win: ic.Window, x4_shape, oh: int, ow: int, wg: np.ndarray, bias, dtype,
+                 epilogue=None):
     """General convolution: im2col in the wide phase layout + one GEMM per chunk.
 
     The column buffer is filled with one contiguous copy per kernel tap (see
@@ -241,9 +258,10 @@ def _im2col_gemm(win: ic.Window, x4_shape, oh: int, ow: int, wg: np.ndarray, bia
     def body(x):
         out = np.empty((n, cout, oh, ow), dtype)
         col_buf = np.empty(k * nb * rows * wq, dtype)
+        ph_buf = np.empty(nb * c * len(lay.phases) * lay.plane, dtype)
         for n0, n1 in img_chunks:
             nbi = n1 - n0
-            xph = ic.to_phases(x[n0:n1], lay, 0, dtype).transpose(1, 0, 2, 3)   # (C, nb, S, plane)
+            xph = ic.to_phases(x[n0:n1], lay, 0, dtype, out=ph_buf).transpose(1, 0, 2, 3)
             for r0, r1 in row_chunks:
                 span = (r1 - r0) * wq
                 col = col_buf[:k * nbi * span].reshape(c, taps, nbi, span)
@@ -261,22 +279,30 @@ def _im2col_gemm(win: ic.Window, x4_shape, oh: int, ow: int, wg: np.ndarray, bia
                     np.add(res, bias4, out=dst)
                 else:
                     dst[...] = res
+                if epilogue is not None:
+                    epilogue(dst)
         return out.reshape(n, cout, oh * ow)
 
     return body
 
 
-def _depthwise(win: ic.Window, x4_shape, oh: int, ow: int, wtaps: np.ndarray, bias, dtype):
-    """Depthwise conv (group == channels == num_output) as a multiply-accumulate
-    over the kernel taps, each a contiguous slice of the wide phase layout;
-    channels are processed in cache-sized blocks."""
+def _depthwise(win: ic.Window, x4_shape, oh: int, ow: int, wtaps: np.ndarray, bias, dtype,
+               epilogue=None):
+    """Depthwise conv (group == channels == num_output) over the wide phase layout.
+
+    Per block of channels: the kh*kw tap slices (each one contiguous slice of
+    the wide layout) are copied into a cache-sized column block (cb, taps,
+    span), then one stacked matmul (cb, 1, taps) @ (cb, taps, span) does the
+    weighted sum.  That is taps copies + one BLAS pass instead of taps
+    multiplies + taps-1 adds of numpy (2 passes per tap): ~25 % faster."""
     n, c, h, w = x4_shape
     lay = ic.phase_layout(win, h, w, oh, ow)
     span = lay.wide
-    cb = max(1, min(c, ic.BLOCK // span))
+    taps = len(lay.offsets)
+    cb = max(1, min(c, ic.DW_BLOCK // (taps * span)))
     blocks = ic.chunks(c, cb)
     tap_src = list(zip(lay.tap_phase, lay.offsets))
-    coef = np.ascontiguousarray(wtaps.T)[:, :, None]          # (taps, C, 1)
+    coef = np.ascontiguousarray(wtaps, dtype=dtype)[:, None, :]      # (C, 1, taps)
     bias3 = None if bias is None else bias.reshape(c, 1, 1)
 
     # Work items: (image, channel block); each thread has its own scratch.
@@ -284,28 +310,31 @@ def _depthwise(win: ic.Window, x4_shape, oh: int, ow: int, wtaps: np.ndarray, bi
     nthreads = max(1, min(len(items), ic.kernel_threads()))
     shares = [items[k::nthreads] for k in range(nthreads)]
 
+    nph = len(lay.phases)
+
     def body(x):
         out = np.empty((n, c, oh, ow), dtype)
-        xph = ic.to_phases(x, lay, 0, dtype)
 
         def work(share):
-            acc = np.empty((cb, span), dtype)
-            tmp = np.empty((cb, span), dtype)
+            col = np.empty((cb, taps, span), dtype)
+            acc = np.empty((cb, 1, span), dtype)
+            ph = np.empty(cb * nph * lay.plane, dtype)
             for i, c0, c1 in share:
-                xi = xph[i]
-                a, s_ = acc[:c1 - c0], tmp[:c1 - c0]
+                # Only this block in phase layout, in a reused scratch buffer.
+                xi = ic.to_phases(x[i:i + 1, c0:c1], lay, 0, dtype, out=ph)[0]
+                k = c1 - c0
+                cl, a = col[:k], acc[:k]
                 for t, (p, off) in enumerate(tap_src):
-                    src = xi[c0:c1, p, off:off + span]
-                    if t == 0:
-                        np.multiply(src, coef[t, c0:c1], out=a)
-                    else:
-                        np.multiply(src, coef[t, c0:c1], out=s_)
-                        a += s_
-                wide = a.reshape(c1 - c0, oh, lay.wq)[:, :, :ow]
+                    cl[:, t] = xi[:, p, off:off + span]
+                np.matmul(coef[c0:c1], cl, out=a)
+                wide = a.reshape(k, oh, lay.wq)[:, :, :ow]
+                dst = out[i, c0:c1]
                 if bias3 is not None:
-                    np.add(wide, bias3[c0:c1], out=out[i, c0:c1])
+                    np.add(wide, bias3[c0:c1], out=dst)
                 else:
-                    out[i, c0:c1] = wide
+                    dst[...] = wide
+                if epilogue is not None:
+                    epilogue(dst)
 
         ic.parallel_map(work, shares)
         return out
@@ -316,7 +345,7 @@ def _depthwise(win: ic.Window, x4_shape, oh: int, ow: int, wtaps: np.ndarray, bi
 # -------------------------------------------------------------- Deconvolution
 
 def _deconv_kernel(spec: ConvSpec, in_shape: Shape, weight: np.ndarray, bias: np.ndarray | None,
-                   dtype) -> Kernel:
+                   dtype, epilogue=None) -> Kernel:
     """Deconvolution = transposed convolution: GEMM to columns, then col2im."""
     win = spec.window()
     lead = tuple(in_shape[:spec.axis])
@@ -360,6 +389,8 @@ def _deconv_kernel(spec: ConvSpec, in_shape: Shape, weight: np.ndarray, bias: np
                 np.add(dst, col6[:, :, t.i, t.j, t.in_rows, t.in_cols], out=dst)
         if bias4 is not None:
             out += bias4
+        if epilogue is not None:
+            epilogue(out)
         return [out.reshape(out_shape)]
 
     return run
@@ -410,13 +441,32 @@ class _ConvBase(LayerDef):
             raise UnsupportedLayerError(f"layer '{layer.name}' ({self.type}): {len(spec.kernel)}-D "
                                         "spatial convolution has no kernel (1-D and 2-D only)")
         weight, bias = _check_blobs(layer, self.param_shapes(layer, in_shapes))
+        return self._make(layer, in_shapes, spec, weight, bias)
+
+    def build_with(self, layer, in_shapes: list[Shape], weight: np.ndarray,
+                   bias: np.ndarray | None, epilogue=None) -> Kernel:
+        """A float kernel of ``layer`` with ``weight``/``bias`` (same layouts as
+        the layer's blobs; ``bias`` may be given when ``bias_term`` is false)
+        instead of its blobs, and ``epilogue`` applied in place to every
+        output block.  Used by the runtime's plan optimizer."""
+        spec = conv_spec(layer, in_shapes[0])
+        wshape = self.param_shapes(layer, in_shapes)[0]
+        return self._make(layer, in_shapes, spec, np.asarray(weight).reshape(wshape),
+                          None if bias is None else np.asarray(bias).reshape(-1), epilogue)
+
+    def _make(self, layer, in_shapes, spec, weight, bias, epilogue=None) -> Kernel:
+        if len(spec.kernel) > 2:
+            raise UnsupportedLayerError(f"layer '{layer.name}' ({self.type}): {len(spec.kernel)}-D "
+                                        "spatial convolution has no kernel (1-D and 2-D only)")
         make = _deconv_kernel if self.transposed else _conv_kernel
         deploy = weight.dtype == np.int8
         dtype = np.float64 if deploy else np.float32
         if deploy and bias is not None and bias.dtype.kind not in "iu":
             raise WeightsError(f"layer '{layer.name}' ({self.type}): int8 weights need an integer "
                                f"(int32) bias, got {bias.dtype}")
-        kernels = [make(spec, s, weight, bias, dtype) for s in in_shapes]
+        if deploy and epilogue is not None:
+            raise UnsupportedLayerError(f"layer '{layer.name}': no epilogue on an integer kernel")
+        kernels = [make(spec, s, weight, bias, dtype, epilogue) for s in in_shapes]
         if deploy:
             kernels = [integer_kernel(k, layer.name) for k in kernels]
         if len(kernels) == 1:

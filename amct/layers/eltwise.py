@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from amct.ir.registry import LayerDef, register_layer
-from amct.layers._common import f32, shape_error
+from amct.layers._common import f32, inplace, shape_error
 from amct.proto import caffe_pb2
 
 _Op = caffe_pb2.EltwiseParameter
@@ -35,33 +35,43 @@ class EltwiseDef(LayerDef):
     def build(self, layer, in_shapes):
         self.infer_shapes(layer, in_shapes)
         p = layer.param("eltwise_param")
+        # In place (``reuse``): the first operation writes into the reused
+        # input.  With two bottoms either may be reused (the operation is
+        # commutative, bit for bit); with more, only bottom 0, which is read
+        # before it is overwritten and never again.
+        reusable = (0, 1) if len(in_shapes) == 2 else (0,)
+
+        def target(xs, reuse):
+            return None if reuse is None else xs[reuse]
+
         if p.operation == _Op.PROD:
-            def prod(xs):
-                out = np.multiply(xs[0], xs[1])
+            def prod(xs, reuse=None):
+                out = np.multiply(xs[0], xs[1], out=target(xs, reuse))
                 for x in xs[2:]:
                     out *= x
                 return [out]
-            return prod
+            return inplace(prod, reusable)
         if p.operation == _Op.MAX:
-            def emax(xs):
-                out = np.maximum(xs[0], xs[1])
+            def emax(xs, reuse=None):
+                out = np.maximum(xs[0], xs[1], out=target(xs, reuse))
                 for x in xs[2:]:
                     np.maximum(out, x, out=out)
                 return [out]
-            return emax
+            return inplace(emax, reusable)
         coeff = [f32(c) for c in p.coeff] or [f32(1)] * len(in_shapes)
         if all(c == 1 for c in coeff):
-            def esum(xs):
-                out = np.add(xs[0], xs[1])
+            def esum(xs, reuse=None):
+                out = np.add(xs[0], xs[1], out=target(xs, reuse))
                 for x in xs[2:]:
                     out += x
                 return [out]
-            return esum
+            return inplace(esum, reusable)
 
-        def wsum(xs):
+        @inplace
+        def wsum(xs, reuse=None):
             # Caffe: top = 0; top += c_i * x_i in bottom order.
-            out = np.multiply(xs[0], coeff[0])
-            tmp = np.empty_like(out)
+            out = np.multiply(xs[0], coeff[0], out=target(xs, reuse))
+            tmp = np.empty_like(out) if len(xs) > 1 and any(c != 1 for c in coeff[1:]) else None
             for c, x in zip(coeff[1:], xs[1:]):
                 if c == 1:
                     out += x

@@ -52,7 +52,22 @@ class InnerProductDef(LayerDef):
         return [w, (n,)] if p.bias_term else [w]
 
     def build(self, layer, in_shapes: list[Shape]) -> Kernel:
+        return self._make(layer, in_shapes, None, None)
+
+    def build_with(self, layer, in_shapes: list[Shape], weight: np.ndarray,
+                   bias: np.ndarray | None, epilogue=None) -> Kernel:
+        """A float kernel with ``weight`` (the weight blob's layout) and
+        ``bias`` instead of the layer's blobs, and ``epilogue`` applied in
+        place to the output (the runtime's plan optimizer fuses with it)."""
+        if np.asarray(weight).dtype == np.int8:
+            raise WeightsError(f"layer '{layer.name}' (InnerProduct): build_with is float only")
+        return self._make(layer, in_shapes, weight, bias, epilogue)
+
+    def _make(self, layer, in_shapes, weight_override, bias_override, epilogue=None) -> Kernel:
         want = self.param_shapes(layer, in_shapes)
+        if weight_override is not None:
+            return self._kernel(layer, in_shapes, np.asarray(weight_override, np.float32)
+                                .reshape(want[0]), bias_override, np.float32, epilogue)
         if len(layer.blobs) < len(want):
             raise WeightsError(f"layer '{layer.name}' (InnerProduct): needs {len(want)} blobs "
                                f"{want}, has {len(layer.blobs)}")
@@ -63,8 +78,6 @@ class InnerProductDef(LayerDef):
         deploy = weight.dtype == np.int8
         dtype = np.float64 if deploy else np.float32
         weight = weight.reshape(want[0]).astype(dtype, copy=False)
-        # (K, N) operand of x @ w; a transposed view costs nothing (BLAS flag).
-        wkn = weight if layer.param("inner_product_param").transpose else weight.T
         bias = None
         if len(want) > 1:
             b = layer.blobs[1].reshape(-1)
@@ -75,6 +88,15 @@ class InnerProductDef(LayerDef):
                 raise WeightsError(f"layer '{layer.name}' (InnerProduct): int8 weights need an "
                                    f"int32 bias, got {b.dtype}")
             bias = b.astype(dtype)
+        kern = self._kernel(layer, in_shapes, weight, bias, dtype)
+        return integer_kernel(kern, layer.name) if deploy else kern
+
+    @staticmethod
+    def _kernel(layer, in_shapes, weight, bias, dtype, epilogue=None) -> Kernel:
+        # (K, N) operand of x @ w; a transposed view costs nothing (BLAS flag).
+        wkn = weight if layer.param("inner_product_param").transpose else weight.T
+        if bias is not None:
+            bias = np.asarray(bias, dtype).reshape(-1)
         s = tuple(in_shapes[0])
         ax = _axis(layer, s)
         m, k = math.prod(s[:ax]), math.prod(s[ax:])
@@ -85,6 +107,8 @@ class InnerProductDef(LayerDef):
             out = np.matmul(x, wkn)
             if bias is not None:
                 out += bias
+            if epilogue is not None:
+                epilogue(out)
             return [out.reshape(out_shape)]
 
-        return integer_kernel(run, layer.name) if deploy else run
+        return run

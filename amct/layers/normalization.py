@@ -11,8 +11,8 @@ import numpy as np
 
 from amct.errors import WeightsError
 from amct.ir.registry import LayerDef, Shape, register_layer
-from amct.layers._common import (canonical_axis, channel_view_shape, count, f32, need_inputs,
-                                 shape_error)
+from amct.layers._common import (canonical_axis, channel_view_shape, count, f32, inplace,
+                                 need_inputs, shape_error)
 from amct.proto import caffe_pb2
 
 
@@ -80,11 +80,11 @@ class BatchNormDef(LayerDef):
         mean = mean.reshape(bshape)
         inv_std = (f32(1) / np.sqrt(var + eps)).astype(np.float32).reshape(bshape)
 
-        def bn(xs):
-            out = np.subtract(xs[0], mean)
+        def bn(xs, reuse=None):
+            out = np.subtract(xs[0], mean, out=xs[0] if reuse == 0 else None)
             out *= inv_std
             return [out]
-        return bn
+        return inplace(bn)
 
 
 # --------------------------------------------------------------------------- Scale / Bias
@@ -141,19 +141,19 @@ class ScaleDef(LayerDef):
         if len(in_shapes) == 1:
             gamma = _blob(layer, 0, s, "scale").reshape(bshape)
 
-            def scale(xs):
-                out = np.multiply(xs[0], gamma)
+            def scale(xs, reuse=None):
+                out = np.multiply(xs[0], gamma, out=xs[0] if reuse == 0 else None)
                 if bias is not None:
                     out += bias
                 return [out]
-            return scale
+            return inplace(scale)
 
-        def scale2(xs):
-            out = np.multiply(xs[0], xs[1].reshape(bshape))
+        def scale2(xs, reuse=None):
+            out = np.multiply(xs[0], xs[1].reshape(bshape), out=xs[0] if reuse == 0 else None)
             if bias is not None:
                 out += bias
             return [out]
-        return scale2
+        return inplace(scale2)
 
 
 @register_layer
@@ -177,8 +177,10 @@ class BiasDef(LayerDef):
         bshape = channel_view_shape(ndim, axis, s)
         if len(in_shapes) == 1:
             beta = _blob(layer, 0, s, "bias").reshape(bshape)
-            return lambda xs: [np.add(xs[0], beta)]
-        return lambda xs: [np.add(xs[0], xs[1].reshape(bshape))]
+            return inplace(lambda xs, reuse=None: [np.add(xs[0], beta,
+                                                          out=xs[0] if reuse == 0 else None)])
+        return inplace(lambda xs, reuse=None: [np.add(xs[0], xs[1].reshape(bshape),
+                                                      out=xs[0] if reuse == 0 else None)])
 
 
 # --------------------------------------------------------------------------- Softmax

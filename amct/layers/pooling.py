@@ -171,15 +171,18 @@ def _windowed(win: ic.Window, shape, oh: int, ow: int, is_max: bool) -> Kernel:
             dtype = np.dtype(np.float64 if x.dtype.kind in "iu" or x.dtype == np.float64
                              else np.float32)
             fill = 0
-        xph = ic.to_phases(x, lay, fill, dtype).reshape(rows, len(lay.phases), lay.plane)
+        xr = x.reshape((rows, 1) + x.shape[2:])
         out = np.empty((rows, oh, ow), dtype)
 
         def work(share):
             acc = np.empty((rb, span), dtype)
+            ph = np.empty(rb * len(lay.phases) * lay.plane, dtype)
             for r0, r1 in share:
                 a = acc[:r1 - r0]
+                # Only this block in phase layout, in a reused scratch buffer.
+                xph = ic.to_phases(xr[r0:r1], lay, fill, dtype, out=ph)[:, 0]
                 for t, (p, off) in enumerate(tap_src):
-                    src = xph[r0:r1, p, off:off + span]
+                    src = xph[:, p, off:off + span]
                     if t == 0:
                         np.copyto(a, src)
                     elif is_max:

@@ -25,6 +25,7 @@ from amct.errors import AmctError, DataError, GraphError, ShapeError, Unsupporte
 from amct.ir.graph import INPUT_TYPES, Graph, blob_of
 from amct.ir.layer import Layer
 from amct.ir.registry import Kernel, LayerDef, Shape, require_layer_def
+from amct.runtime import optimize as opt
 
 log = logging.getLogger("amct.runtime")
 
@@ -34,6 +35,8 @@ Observer = Callable[[Layer, int, str, str, np.ndarray], None]
 # How many compiled plans (one per distinct set of input shapes) a Program
 # caches; forward_all alternates between a full and a last partial batch.
 _PLAN_CACHE_SIZE = 4
+# Run schedules cached per plan (one per distinct range / kept set / observers).
+_SCHEDULE_CACHE_SIZE = 8
 
 
 class ExecutionError(AmctError, RuntimeError):
@@ -52,6 +55,9 @@ class Step:
     out_vids: list[str]
     in_shapes: list[Shape]
     out_shapes: list[Shape]
+    #: For a step made by the optimizer: the layers it runs as one kernel
+    #: (``layer`` is the last of them, the producer of its output).
+    fused: tuple[Layer, ...] = ()
 
     @property
     def is_input(self) -> bool:
@@ -75,6 +81,14 @@ class _Plan:
     shapes_key: tuple
     steps: list[Step]
     value_shapes: dict[str, Shape]
+    chains: list = attrs.Factory(list)                  # optimize.FoldChain
+    fused: dict = attrs.Factory(dict)                   # (chain id, n) -> Step
+    schedules: OrderedDict = attrs.Factory(OrderedDict)  # run key -> optimize.Schedule
+
+    def forget_built(self) -> None:
+        """Drop fused kernels and schedules (after kernels were rebuilt)."""
+        self.fused.clear()
+        self.schedules.clear()
 
 
 def _identity_kernel(n_out: int) -> Kernel:
@@ -109,8 +123,13 @@ class Program:
     """
 
     def __init__(self, graph: Graph, input_shapes: Mapping[str, Sequence[int]] | None = None,
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, optimize: bool = True):
         self.graph = graph
+        #: Fold/fuse layers and run elementwise layers in place where no caller
+        #: can tell (see ``amct.runtime.optimize``); False runs the plain plan.
+        self.optimize = bool(optimize)
+        if self.optimize:
+            opt.tune_malloc()
         self._observers: list[_ObserverEntry] = []
         self._plans: OrderedDict[tuple, _Plan] = OrderedDict()
         self._structure = self._fingerprint()
@@ -153,6 +172,8 @@ class Program:
                 step.kernel = self._build(step)
             steps.append(step)
         plan = _Plan(key, steps, vshapes)
+        if self.optimize:
+            plan.chains = opt.find_chains(steps)
         self._plans[key] = plan
         while len(self._plans) > _PLAN_CACHE_SIZE:
             self._plans.popitem(last=False)
@@ -194,6 +215,9 @@ class Program:
         for step in self._plan.steps:
             if step.kernel is not None and (id(step.layer) in wanted or step.layer.name in wanted):
                 step.kernel = self._build(step)
+        self._plan.forget_built()
+        if self.optimize:
+            self._plan.chains = opt.find_chains(self._plan.steps)
 
     def _ensure(self, input_shapes: dict[str, Shape]) -> None:
         """Make the current plan match the graph structure and input shapes."""
@@ -348,21 +372,6 @@ class Program:
         kept_vids: set[str] = set()
         for k in list(keep_keys) + want_out:
             kept_vids.add(latest.get(k, k))
-        # Last reader (step position) of each value inside the range.
-        last_use: dict[str, int] = {}
-        for pos, step in enumerate(steps):
-            for v in step.in_vids:
-                last_use[v] = pos
-        free_after: list[list[str]] = [[] for _ in steps]
-        if not keep_all:
-            for v, pos in last_use.items():
-                if v not in kept_vids:
-                    free_after[pos].append(v)
-            # Values nobody in the range reads (and nobody asked for) go at once.
-            for pos, step in enumerate(steps):
-                free_after[pos].extend(v for v in step.out_vids
-                                       if v not in last_use and v not in kept_vids)
-
         entries = list(self._observers) + [
             o if isinstance(o, _ObserverEntry) else _make_entry(*(o if isinstance(o, tuple) else (o,)))
             for o in (observers or ())]
@@ -382,13 +391,14 @@ class Program:
                                     "layer; feed it")
                 values[v] = np.asarray(feeds[key])
 
-        for pos, step in enumerate(steps):
+        sched = self._schedule(i0, i1, entries, kept_vids, keep_all, set(values))
+        for pos, step in enumerate(sched.steps):
             layer = step.layer
             if step.is_input:
                 outs = [fed_inputs[t] for t in layer.tops]
             else:
                 ins = [values[v] for v in step.in_vids]
-                outs = self._call(step, ins)
+                outs = self._call(step, ins, sched.reuse[pos])
             for j, (v, a) in enumerate(zip(step.out_vids, outs)):
                 values[v] = a
                 if entries:
@@ -399,7 +409,7 @@ class Program:
                             if view is None:
                                 view = _readonly(a)
                             e.fn(layer, j, b, v, view)
-            for v in free_after[pos]:
+            for v in sched.free_after[pos]:
                 values.pop(v, None)
 
         result: dict[str, np.ndarray] = {}
@@ -418,14 +428,68 @@ class Program:
                                  f"produced between layers #{i0} and #{i1}")
         return result
 
-    def _call(self, step: Step, ins: list[np.ndarray]) -> list[np.ndarray]:
+    def _schedule(self, i0: int, i1: int, entries: list[_ObserverEntry], kept_vids: set[str],
+                  keep_all: bool, fed: set[str]) -> opt.Schedule:
+        """The run schedule of steps ``i0..i1`` for these observers and kept
+        values (cached: a pass with the same request reuses it)."""
+        plan = self._plan
+        key = (i0, i1, keep_all, frozenset(kept_vids), frozenset(fed),
+               tuple((e.blobs, e.layers) for e in entries))
+        hit = plan.schedules.get(key)
+        if hit is not None:
+            plan.schedules.move_to_end(key)
+            return hit
+        steps = plan.steps
+        watched: set[str] = set()
+        pinned = set(fed)
+        for step in steps[i0:i1 + 1]:
+            for j, v in enumerate(step.out_vids):
+                b = step.layer.tops[j]
+                if step.is_input or any(e.wants(step.layer, b, v) for e in entries):
+                    pinned.add(v)
+                if any(e.wants(step.layer, b, v) for e in entries):
+                    watched.add(v)
+        sched = opt.plan_run(steps, plan.chains, i0, i1, lambda st, v: v in watched, kept_vids,
+                             keep_all, pinned, self._fused_step if self.optimize else None)
+        plan.schedules[key] = sched
+        while len(plan.schedules) > _SCHEDULE_CACHE_SIZE:
+            plan.schedules.popitem(last=False)
+        return sched
+
+    def _fused_step(self, chain: opt.FoldChain, n: int) -> Step:
+        """The Step running the first ``n`` steps of ``chain`` as one kernel."""
+        plan = self._plan
+        key = (id(chain), n)
+        if key not in plan.fused:
+            first, last = chain.steps[0], chain.steps[n - 1]
+            try:
+                kernel = opt.build_fused(chain, n)
+            except AmctError as e:
+                raise ExecutionError(f"layer '{first.layer.name}': building the kernel fused with "
+                                     f"{[x.layer.name for x in chain.steps[1:n]]} failed: {e}") from e
+            plan.fused[key] = Step(first.index, last.layer, None, kernel, list(first.in_vids),
+                                   list(last.out_vids), list(first.in_shapes),
+                                   list(last.out_shapes),
+                                   tuple(x.layer for x in chain.steps[:n]))
+        return plan.fused[key]
+
+    def _call(self, step: Step, ins: list[np.ndarray], reuse: int | None = None
+              ) -> list[np.ndarray]:
         layer = step.layer
+        if reuse is not None:
+            x = ins[reuse]
+            # The plan proved the value dead; the array must also be one the
+            # kernel can overwrite with its float32 result.
+            if not (isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.writeable):
+                reuse = None
         try:
-            outs = step.kernel(ins)
+            outs = step.kernel(ins) if reuse is None else step.kernel(ins, reuse=reuse)
         except AmctError:
             raise
         except Exception as e:  # noqa: BLE001 - re-raised with the layer named
-            raise ExecutionError(f"layer '{layer.name}' ({layer.type}) failed on inputs "
+            what = (f"layers {[x.name for x in step.fused]} (fused)" if step.fused
+                    else f"layer '{layer.name}' ({layer.type})")
+            raise ExecutionError(f"{what} failed on inputs "
                                  f"{[tuple(np.shape(x)) for x in ins]}: "
                                  f"{type(e).__name__}: {e}") from e
         outs = list(outs) if outs is not None else []
@@ -473,10 +537,14 @@ def _make_entry(fn: Observer, blobs: Iterable[str] | None = None,
 
 
 def compile(graph: Graph, input_shapes: Mapping[str, Sequence[int]] | None = None,
-            batch_size: int | None = None) -> Program:  # noqa: A001 - public API name
+            batch_size: int | None = None, optimize: bool = True) -> Program:  # noqa: A001
     """Compile ``graph`` for the declared input shapes (overridden by
-    ``input_shapes``, or the batch axis by ``batch_size``)."""
-    return Program(graph, input_shapes, batch_size)
+    ``input_shapes``, or the batch axis by ``batch_size``).  ``optimize``
+    folds BatchNorm/Scale/Bias and activations into the preceding
+    Convolution/Deconvolution/InnerProduct and runs elementwise layers in
+    place whenever no observer, kept value or partial run can tell (results
+    then differ by float rounding only); False runs every layer as written."""
+    return Program(graph, input_shapes, batch_size, optimize)
 
 
 def run(graph: Graph, inputs: Mapping[str, np.ndarray], outputs: Iterable[str] | None = None,
