@@ -155,3 +155,28 @@ def test_python_dash_m_entry_point(tmp_path):
     assert r.returncode == 0
     for name in ("calibrate", "convert", "inspect", "compare", "evaluate", "auto-calibrate", "demo"):
         assert name in r.stdout
+
+
+def test_disable_pass_reaches_the_pipelines(tmp_path, capsys, monkeypatch):
+    """--disable-pass switches a fusion off for the run only (pass names are CLI vocabulary)."""
+    import json
+
+    from amct.passes import pipeline
+
+    monkeypatch.chdir(tmp_path)
+    from conftest import shared_or_skip
+
+    golden = shared_or_skip("golden", "chain_resblock")
+    model, weights = str(golden / "net.prototxt"), str(golden / "weights.caffemodel")
+    record = tmp_path / "record.txt"
+    record.write_text("".join(
+        f'record {{ key: "{k}" value {{ scale_d: 0.05 offset_d: 0 }} }}\n' for k in ("conv1", "conv2")))
+    assert cli.main(["--quiet", "--disable-pass", "fuse_conv_bn_scale", "convert", "--model", model,
+                     "--weights", weights, "--record", str(record), "--save-path", "nofuse"]) == 0
+    assert json.loads((tmp_path / "nofuse_quant.json").read_text())["fusions"] == []
+    assert "fuse_conv_bn_scale" not in pipeline("convert").disabled   # restored after the run
+    assert cli.main(["--quiet", "convert", "--model", model, "--weights", weights,
+                     "--record", str(record), "--save-path", "fused"]) == 0
+    assert len(json.loads((tmp_path / "fused_quant.json").read_text())["fusions"]) == 2
+    assert cli.main(["--disable-pass", "no_such_pass", "inspect", "--model", model]) == 2
+    assert "cannot disable unknown pass(es) no_such_pass" in capsys.readouterr().err

@@ -51,6 +51,9 @@ def _global_options(suppress: bool) -> argparse.ArgumentParser:
     g.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors; no progress bars", **d)
     g.add_argument("--debug", action="store_true",
                    help="debug logging and full tracebacks on errors", **d)
+    g.add_argument("--disable-pass", dest="disable_pass", action="append", metavar="NAME",
+                   help="skip a graph pass by name (repeatable), e.g. fold_bn_scale_into_next_conv",
+                   **({"default": argparse.SUPPRESS} if suppress else {"default": []}))
     return p
 
 
@@ -87,7 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from amct.log import setup_logging
 
         setup_logging("DEBUG" if debug else "WARNING" if quiet else None)
-        return int(args.func(args) or 0)
+        from amct.passes import disabled_passes
+
+        with disabled_passes(getattr(args, "disable_pass", [])):
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

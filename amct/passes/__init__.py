@@ -23,9 +23,10 @@ from amct.passes import (fuse_conv_bn_scale, fold_bn_scale_into_next_conv,  # no
                          insert_dequant)
 
 from amct.passes.pipelines import (CALIBRATION_PIPELINE, CONVERT_PIPELINE,  # noqa: E402
-                                  FUSION_PIPELINE, QUANTIZE_PIPELINE, pipeline, reset_pipelines)
+                                  FUSION_PIPELINE, QUANTIZE_PIPELINE, disabled_passes,
+                                  pipeline, reset_pipelines)
 
 __all__ = ["Pass", "PassResult", "PassContext", "Fusion", "FunctionPass", "PassManager",
            "PassReport", "PassRun", "register_pass", "unregister_pass", "get_pass",
            "registered_passes", "FUSION_PIPELINE", "CALIBRATION_PIPELINE", "QUANTIZE_PIPELINE",
-           "CONVERT_PIPELINE", "pipeline", "reset_pipelines"]
+           "CONVERT_PIPELINE", "pipeline", "reset_pipelines", "disabled_passes"]

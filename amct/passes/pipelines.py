@@ -12,6 +12,9 @@ flow without touching its signatures::
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Iterable, Iterator
+
 from amct.errors import PassError
 from amct.passes.manager import PassManager
 
@@ -39,3 +42,27 @@ def pipeline(kind: str) -> PassManager:
 def reset_pipelines() -> None:
     """Forget every customisation of the pipeline templates."""
     _TEMPLATES.clear()
+
+
+@contextlib.contextmanager
+def disabled_passes(names: Iterable[str]) -> Iterator[None]:
+    """Disable passes by name in every built-in pipeline for the duration of
+    the block (``--disable-pass`` of the CLI).  A name no pipeline contains is
+    an error, so a typo does not silently quantize differently."""
+    names = [n for n in names if n]
+    known = {n for p in _BUILTIN.values() for n in p}
+    for kind in _BUILTIN:
+        known.update(pipeline(kind).names)
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise PassError(f"cannot disable unknown pass(es) {', '.join(unknown)}; "
+                        f"passes: {', '.join(sorted(known))}")
+    saved = {kind: set(pipeline(kind).disabled) for kind in _BUILTIN}
+    try:
+        for kind in _BUILTIN:
+            present = [n for n in names if n in pipeline(kind).names]
+            pipeline(kind).disable(*present)
+        yield
+    finally:
+        for kind, before in saved.items():
+            pipeline(kind).disabled = before
