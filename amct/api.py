@@ -17,8 +17,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import attrs
 import numpy as np
 
-from amct.config import (QuantConfig, check_against_graph, default_layer_config, read_config,
-                         read_simple_config, write_config)
+from amct.config import (QuantConfig, apply_head_rules, check_against_graph,
+                         default_layer_config, read_config, read_simple_config, write_config)
 from amct.errors import (ConfigError, DataError, GraphError, QuantizationError, RecordError,
                          WeightsError)
 from amct.fileio import AtomicGroup
@@ -95,8 +95,17 @@ def _emit(qgraph: Graph, save_type: str, save_path: str, fusions: Sequence[Fusio
 
 
 def build_default_config(graph: Graph, skip_layers: Sequence[str] | None = None,
-                         batch_num: int = 1, activation_offset: bool = True) -> QuantConfig:
-    """The config ``create_quant_config`` writes, as an object (validates the arguments)."""
+                         batch_num: int = 1, activation_offset: bool = True,
+                         act_algo: str = "ifmr") -> QuantConfig:
+    """The config ``create_quant_config`` writes, as an object (validates the arguments).
+
+    Every quantizable layer gets AMCT's defaults with ``act_algo``, except the
+    head layers (a path to a net output without another quantized layer),
+    whose activation range keeps the calibration maximum: IFMR
+    ``search_range`` [1.0, 1.3], HFMG ``clip_floor`` 1.0 (docs/api.md).
+    """
+    if act_algo not in ("ifmr", "hfmg"):
+        raise ConfigError(f"act_algo must be 'ifmr' or 'hfmg', got {act_algo!r}")
     if isinstance(batch_num, bool) or not isinstance(batch_num, (int, np.integer)) or batch_num < 1:
         raise ConfigError(f"batch_num must be a positive integer, got {batch_num!r}")
     if not isinstance(activation_offset, bool):
@@ -122,12 +131,14 @@ def build_default_config(graph: Graph, skip_layers: Sequence[str] | None = None,
         if not_quantizable_reason(layer) is None:
             c = default_layer_config(layer.type)
             c.quant_enable = layer.name not in skip
+            c.act_algo = act_algo
             cfg.layers[layer.name] = c
     if not cfg.layers:
         raise ConfigError(f"{graph.source}: the model has no quantizable layer "
                           f"({', '.join(QUANTIZABLE_TYPES)} under the conditions of SPEC §5.1)")
     if not cfg.enabled_layers():
         raise ConfigError(f"{graph.source}: every quantizable layer is skipped")
+    apply_head_rules(cfg, graph)
     return cfg
 
 
@@ -331,9 +342,7 @@ def quantize(model_file: str, weights_file: str, batches: Iterable[Any], save_pa
     elif config is not None:
         cfg = read_simple_config(str(config), graph)
     else:
-        cfg = build_default_config(graph, skip_layers, max(len(data), 1))
-        for c in cfg.layers.values():
-            c.act_algo = algo
+        cfg = build_default_config(graph, skip_layers, max(len(data), 1), act_algo=algo)
     if batch_num is not None:
         cfg.batch_num = int(batch_num)
     elif config is None or not str(config).endswith(".json"):

@@ -17,6 +17,7 @@ import numpy as np
 from amct.errors import ConfigError
 from amct.fileio import atomic_write_text
 from amct.ir import Graph
+from amct.passes.heads import head_layers
 from amct.passes.quantizable import (CHANNEL_WISE_TYPES, QUANTIZABLE_TYPES,
                                      not_quantizable_reason)
 from amct.proto import amct_config_pb2
@@ -25,7 +26,8 @@ from amct.proto.text import parse_text
 GLOBAL_KEYS = ("version", "batch_num", "activation_offset", "do_fusion", "skip_fusion_layers")
 LAYER_KEYS = ("quant_enable", "activation_quant_params", "weight_quant_params")
 IFMR_KEYS = ("max_percentile", "min_percentile", "search_range", "search_step")
-ACT_KEYS = IFMR_KEYS + ("act_algo", "num_of_bins", "asymmetric")
+HFMG_KEYS = ("num_of_bins", "clip_floor")
+ACT_KEYS = IFMR_KEYS + ("act_algo",) + HFMG_KEYS + ("asymmetric",)
 WEIGHT_KEYS = ("channel_wise", "wts_algo")
 ACT_ALGOS = ("ifmr", "hfmg")
 NUM_OF_BINS = (1024, 2048, 4096, 8192)
@@ -45,6 +47,8 @@ class LayerQuantConfig:
     search_range: tuple[float, float] = (0.7, 1.3)
     search_step: float = 0.01
     num_of_bins: int = 4096
+    #: HFMG only: keep at least this share of the observed extremes (None: plain HFMG).
+    clip_floor: float | None = None
     #: Per-layer override of the global activation_offset (None: use the global).
     asymmetric: bool | None = None
 
@@ -74,6 +78,38 @@ def default_layer_config(layer_type: str) -> LayerQuantConfig:
     return LayerQuantConfig(channel_wise=layer_type in CHANNEL_WISE_TYPES)
 
 
+#: The head rule (docs/api.md, "Head layers"): the activation clip of a head
+#: layer is never searched below the calibration maximum.
+HEAD_SEARCH_START = 1.0
+HEAD_CLIP_FLOOR = 1.0
+
+
+def apply_head_rule(c: LayerQuantConfig) -> None:
+    """Make ``c`` (a head layer's config) keep its calibration maximum.
+
+    IFMR: the search range starts at 1.0 x the percentile maximum (default
+    [1.0, 1.3]); a range that ends at or below 1.0 + step is the user's
+    explicit choice to clip and is left alone.  HFMG: ``clip_floor`` 1.0.
+    """
+    if c.act_algo == "hfmg":
+        c.clip_floor = HEAD_CLIP_FLOOR
+        return
+    start, end = c.search_range
+    if start < HEAD_SEARCH_START and end - HEAD_SEARCH_START >= c.search_step:
+        c.search_range = (HEAD_SEARCH_START, end)
+
+
+def apply_head_rules(cfg: "QuantConfig", graph: Graph, keep: Iterable[str] = ()) -> list[str]:
+    """Apply the head rule to the head layers among ``cfg``'s enabled layers
+    (except those in ``keep``); returns the head layer names."""
+    heads = head_layers(graph, cfg.enabled_layers())
+    kept = set(keep)
+    for name in heads:
+        if name not in kept:
+            apply_head_rule(cfg.layers[name])
+    return heads
+
+
 # ------------------------------------------------------------------ writing
 def _clean_float(v: float) -> float:
     """Shortest decimal of a float32 value (0.999999, not 0.99999898672...)."""
@@ -85,6 +121,8 @@ def layer_to_dict(c: LayerQuantConfig) -> dict[str, Any]:
     if c.act_algo == "hfmg":
         act["act_algo"] = "hfmg"
         act["num_of_bins"] = int(c.num_of_bins)
+        if c.clip_floor is not None:
+            act["clip_floor"] = c.clip_floor
     else:
         act["max_percentile"] = c.max_percentile
         act["min_percentile"] = c.min_percentile
@@ -183,6 +221,8 @@ def check_layer_values(c: LayerQuantConfig, where: str, chk: _Checker) -> None:
     if c.num_of_bins not in NUM_OF_BINS:
         raise chk.fail(f"{where}.num_of_bins",
                        f"must be one of {', '.join(map(str, NUM_OF_BINS))}, got {c.num_of_bins}")
+    if c.clip_floor is not None and not 0.0 < c.clip_floor <= 1.0:
+        raise chk.fail(f"{where}.clip_floor", f"must be in (0, 1], got {c.clip_floor}")
 
 
 def _parse_layer(name: str, d: dict, chk: _Checker) -> LayerQuantConfig:
@@ -203,10 +243,14 @@ def _parse_layer(name: str, d: dict, chk: _Checker) -> LayerQuantConfig:
         ifmr_given = [k for k in IFMR_KEYS if k in act]
         if ifmr_given:
             raise chk.fail(f"{aw}.{ifmr_given[0]}", "is an IFMR parameter but act_algo is 'hfmg'")
-    elif "num_of_bins" in act:
-        raise chk.fail(f"{aw}.num_of_bins", "is an HFMG parameter; set \"act_algo\": \"hfmg\"")
+    else:
+        hfmg_given = [k for k in HFMG_KEYS if k in act]
+        if hfmg_given:
+            raise chk.fail(f"{aw}.{hfmg_given[0]}", "is an HFMG parameter; set \"act_algo\": \"hfmg\"")
     if "num_of_bins" in act:
         c.num_of_bins = chk.int(act["num_of_bins"], f"{aw}.num_of_bins")
+    if "clip_floor" in act:
+        c.clip_floor = chk.number(act["clip_floor"], f"{aw}.clip_floor")
     for key in ("max_percentile", "min_percentile", "search_step"):
         if key in act:
             setattr(c, key, chk.number(act[key], f"{aw}.{key}"))
@@ -344,7 +388,9 @@ def simple_config_to_quant_config(msg: amct_config_pb2.AMCTConfig, graph: Graph,
 
     Precedence per setting: override_layer_configs > override_layer_types >
     common_config > defaults; an override replaces only the algorithms it sets
-    (its arq_quantize and/or its activation algorithm).
+    (its arq_quantize and/or its activation algorithm).  Then the head rule
+    (``apply_head_rule``) on the head layers, except where an
+    override_layer_configs entry sets the activation algorithm.
     """
     chk = _Checker(path)
     if msg.batch_num < 1:
@@ -398,6 +444,12 @@ def simple_config_to_quant_config(msg: amct_config_pb2.AMCTConfig, graph: Graph,
             raise chk.fail(f"{where}: arq_quantize.channel_wise", f"must be false for {layer.type}")
         check_layer_values(c, where, chk)
         cfg.layers[name] = c
+    # The head rule is part of the defaults: it applies on top of
+    # common_config / override_layer_types, but a layer whose
+    # override_layer_configs entry sets an activation algorithm gets exactly
+    # what that entry says.
+    explicit = [n for n, cc in by_name.items() if cc.WhichOneof("acts_quant_algo")]
+    apply_head_rules(cfg, graph, keep=explicit)
     return cfg
 
 

@@ -70,12 +70,14 @@ def _config(args, graph, work: str, batches: int) -> tuple[str, int]:
         raise ConfigError("--skip-layers applies without --config; put the layers in the config "
                           "(quant_enable: false, or skip_layers in a .cfg)")
     if args.config is None:
-        cfg = build_default_config(graph, skip, args.batch_num or batches)
+        # The default config per algorithm (head layers included, docs/api.md).
+        cfg = build_default_config(graph, skip, args.batch_num or batches,
+                                   act_algo=args.algo or "ifmr")
     elif args.config.lower().endswith(".json"):
         cfg = read_config(args.config, graph)
     else:
         cfg = read_simple_config(args.config, graph)
-    if args.algo:
+    if args.algo and args.config is not None:
         for c in cfg.layers.values():
             c.act_algo = args.algo
     if args.batch_num:

@@ -137,10 +137,11 @@ class HFMGLayer(_SinkLayer):
     def build(self, layer, in_shapes: list[Shape]) -> Kernel:
         p = layer.params.hfmg_param
         with_offset = bool(p.with_offset) if p.HasField("with_offset") else True
+        clip_floor = float(p.clip_floor) if p.HasField("clip_floor") else None
 
         def make() -> _Calibration:
             coll = HfmgCollector(_batch_num(layer, p), with_offset, int(p.num_of_bins),
-                                 name=f"layer '{layer.name}' (HFMG)")
+                                 name=f"layer '{layer.name}' (HFMG)", clip_floor=clip_floor)
             return _Calibration(layer, coll, _write_activation(
                 _record_path(layer, p), _objects(layer, p.object_layer)))
         return _sink_kernel(_state(layer, make))

@@ -21,7 +21,7 @@ CALIBRATION_TYPES = ("IFMR", "HFMG")
 def _settings(layer: Layer) -> tuple:
     c = layer.meta["quant_config"]
     if c.act_algo == "hfmg":
-        return ("hfmg", bool(c.asymmetric), int(c.num_of_bins))
+        return ("hfmg", bool(c.asymmetric), int(c.num_of_bins), c.clip_floor)
     return ("ifmr", bool(c.asymmetric), tuple(c.search_range), c.search_step,
             c.max_percentile, c.min_percentile)
 
@@ -33,6 +33,8 @@ def _calibration_layer(first: Layer, members: list[Layer], batch_num: int, recor
     if algo == "hfmg":
         p = layer.params.hfmg_param
         p.num_of_bins = int(c.num_of_bins)
+        if c.clip_floor is not None:
+            p.clip_floor = c.clip_floor
     else:
         p = layer.params.ifmr_param
         p.search_range_start, p.search_range_end = c.search_range

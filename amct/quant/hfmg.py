@@ -22,6 +22,12 @@ with ``m_k`` the bin centre: uniform rounding noise inside the range, exact
 mean squared clipping error outside.  All ranges are evaluated from prefix
 sums; the first minimum (smallest a, then smallest b) wins.  The rounding
 error of the clipped values at the boundary level is neglected.
+
+Clip floor (an option, off by default).  With ``clip_floor`` f in (0, 1] the
+search only considers ranges that keep at least f times the observed extremes
+(``b >= f·max``, ``a <= f·min``; symmetric: ``c >= f·max|x|``); f = 1 never
+clips a calibration value.  The extremes are tracked exactly beside the
+histogram.  Without the option the search is the one above, unchanged.
 """
 from __future__ import annotations
 
@@ -44,6 +50,8 @@ class StreamingHistogram:
         self.k0 = 0
         self.counts = np.zeros(self.num_bins, dtype=np.int64)
         self.pending_zeros = 0    # zeros seen before the grid existed
+        self.vmin = 0.0           # exact extremes seen (0 included), for clip_floor
+        self.vmax = 0.0
 
     @property
     def total(self) -> int:
@@ -81,6 +89,7 @@ class StreamingHistogram:
         hi = max(float(flat.max()), 0.0)
         if not (math.isfinite(lo) and math.isfinite(hi)):
             raise CalibrationError("HFMG: calibration input contains NaN or Inf")
+        self.vmin, self.vmax = min(self.vmin, lo), max(self.vmax, hi)
         if hi == lo:                         # all zeros: nothing to place on a grid yet
             if self.width == 0.0:
                 self.pending_zeros += flat.size
@@ -107,8 +116,19 @@ def _clip_sums(counts: np.ndarray, centres: np.ndarray):
     return pre
 
 
-def hfmg_search(hist: StreamingHistogram, with_offset: bool) -> tuple[float, int]:
-    """The clip range minimising the histogram error model: ``(scale_d, offset_d)``."""
+def _first_edge_at_least(edges: np.ndarray, v: float, tol: float) -> int:
+    """Index of the first edge >= ``v`` (within ``tol``); the last edge if none."""
+    return min(int(np.searchsorted(edges, v - tol, side="left")), edges.size - 1)
+
+
+def hfmg_search(hist: StreamingHistogram, with_offset: bool,
+                clip_floor: float | None = None) -> tuple[float, int]:
+    """The clip range minimising the histogram error model: ``(scale_d, offset_d)``.
+
+    ``clip_floor``: keep at least that share of the observed extremes (module doc).
+    """
+    if clip_floor is not None and not 0.0 < clip_floor <= 1.0:
+        raise CalibrationError(f"HFMG: clip_floor must be in (0, 1], got {clip_floor}")
     if hist.total == 0:
         raise CalibrationError("HFMG: no calibration data")
     if hist.width == 0.0:                     # only zeros were seen
@@ -120,6 +140,7 @@ def hfmg_search(hist: StreamingHistogram, with_offset: bool) -> tuple[float, int
     total = pre[:, -1]
     noise = w * w / 12.0
     z = -hist.k0                              # index of the edge at 0 (0 <= z <= b)
+    tol = w * 1e-6                            # edges are products: allow float noise
 
     def left_err(i: np.ndarray, a: np.ndarray) -> np.ndarray:   # bins [0, i) clipped to a
         nl, m1, m2 = pre[0, i], pre[1, i], pre[2, i]
@@ -130,8 +151,15 @@ def hfmg_search(hist: StreamingHistogram, with_offset: bool) -> tuple[float, int
         return nr * c * c - 2 * c * m1 + m2 + nr * noise
 
     if with_offset:
-        i = np.arange(0, z + 1)
-        j = np.arange(z, b + 1)
+        i_end, j_start = z + 1, z
+        if clip_floor is not None:
+            # a <= f·vmin: the last edge at or below it; b >= f·vmax: the first at or above.
+            i_end = min(int(np.searchsorted(edges, clip_floor * hist.vmin + tol, side="right")),
+                        z + 1)
+            i_end = max(i_end, 1)
+            j_start = max(_first_edge_at_least(edges, clip_floor * hist.vmax, tol), z)
+        i = np.arange(0, i_end)
+        j = np.arange(j_start, b + 1)
         ri = right_err(j, edges[j])
         best = (math.inf, 0, 0)
         for start in range(0, i.size, 256):          # bounded memory: 256 rows at a time
@@ -152,6 +180,9 @@ def hfmg_search(hist: StreamingHistogram, with_offset: bool) -> tuple[float, int
         offset_d = int(np.clip(-round_half_away(lo / scale_d) - 128, -128, 127))
         return scale_d, offset_d
     t = np.arange(1, max(z, b - z) + 1)
+    if clip_floor is not None:
+        need = clip_floor * max(-hist.vmin, hist.vmax)
+        t = t[t * w >= need - tol] if (t * w >= need - tol).any() else t[-1:]
     c = t * w
     il = np.clip(z - t, 0, b)
     jr = np.clip(z + t, 0, b)
@@ -167,14 +198,17 @@ class HfmgCollector:
     """Streams ``batch_num`` batches into a histogram, then runs the HFMG search."""
 
     def __init__(self, batch_num: int, with_offset: bool = True, num_of_bins: int = 4096,
-                 name: str = "HFMG"):
+                 name: str = "HFMG", clip_floor: float | None = None):
         if batch_num < 1:
             raise CalibrationError(f"{name}: batch_num must be >= 1, got {batch_num}")
         if num_of_bins not in NUM_OF_BINS:
             raise CalibrationError(f"{name}: num_of_bins must be one of {NUM_OF_BINS}, "
                                    f"got {num_of_bins}")
         self.batch_num = int(batch_num)
+        if clip_floor is not None and not 0.0 < clip_floor <= 1.0:
+            raise CalibrationError(f"{name}: clip_floor must be in (0, 1], got {clip_floor}")
         self.with_offset = bool(with_offset)
+        self.clip_floor = clip_floor
         self.name = name
         self.batches = 0
         self.hist = StreamingHistogram(num_of_bins)
@@ -195,4 +229,4 @@ class HfmgCollector:
     def compute(self) -> tuple[float, int]:
         if self.batches == 0:
             raise CalibrationError(f"{self.name}: no batch was collected")
-        return hfmg_search(self.hist, self.with_offset)
+        return hfmg_search(self.hist, self.with_offset, self.clip_floor)
