@@ -233,9 +233,10 @@ def main(argv=None) -> int:
                     help="also time the unoptimized plan (compile(optimize=False))")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     ap.add_argument("--threads", type=int, default=None,
-                    help="threads for both runtimes (BLAS, amct kernels, cv2.setNumThreads); "
-                         "default: all cores. Use 1 on a machine shared with other jobs: "
-                         "multithreaded BLAS stalls badly when cores are oversubscribed")
+                    help="threads for both runtimes (AMCT_NUM_THREADS, BLAS, cv2.setNumThreads); "
+                         "default: all cores (ours then also leaves out cores that other jobs "
+                         "are using, see docs/runtime.md 'Performance'). Use 1 to compare "
+                         "single-threaded speed on a machine shared with other jobs")
     args = ap.parse_args(argv)
     with_cv = not args.no_opencv
     if with_cv:

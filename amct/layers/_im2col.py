@@ -14,6 +14,7 @@ run numpy operations.
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -145,9 +146,85 @@ _POOL = None
 
 
 def kernel_threads() -> int:
-    """Threads for the elementwise kernels: ``AMCT_NUM_THREADS`` or the core count."""
+    """Threads the kernels plan for: ``AMCT_NUM_THREADS`` or the core count."""
     env = os.environ.get("AMCT_NUM_THREADS", "")
     return max(1, int(env)) if env.isdigit() else (os.cpu_count() or 1)
+
+
+# Threads actually used by ``parallel_map`` during the current forward pass.
+_ACTIVE: int | None = None
+
+
+def adapt_threads() -> int:
+    """Choose the threads for the next forward pass (called by the runtime).
+
+    With ``AMCT_NUM_THREADS`` set, that number.  Otherwise the core count
+    minus the other tasks runnable right now (``/proc/loadavg``): on a
+    machine shared with other jobs, a second thread that must time-share a
+    core with them makes every split layer wait for it (measured 10-50 %
+    slower forwards of small nets than one thread), while on idle cores it
+    is a near 2x for the GEMMs and elementwise loops."""
+    global _ACTIVE
+    n = kernel_threads()
+    if not os.environ.get("AMCT_NUM_THREADS", "").isdigit() and n > 1:
+        try:
+            with open("/proc/loadavg") as f:
+                running = int(f.read().split()[3].split("/")[0])
+            n = max(1, min(n, n - (running - 1)))      # this thread is one of them
+        except (OSError, ValueError, IndexError):
+            pass
+    _ACTIVE = n
+    return n
+
+
+def active_threads() -> int:
+    return kernel_threads() if _ACTIVE is None else min(_ACTIVE, kernel_threads())
+
+
+def split(n: int, parts: int, min_size: int = 1) -> list[tuple[int, int]]:
+    """``range(n)`` as at most ``parts`` contiguous ``[a, b)`` ranges of at
+    least ``min_size`` (fewer ranges when ``n`` is small)."""
+    parts = max(1, min(parts, n // max(1, min_size)))
+    step = -(-n // parts)
+    return [(a, min(n, a + step)) for a in range(0, n, step)]
+
+
+# Work is split over the kernel threads only above these amounts per thread
+# (GEMM multiply-adds; elements touched by elementwise loops): a hand-off to
+# the Python thread pool costs 50-100 us (more when the cores are busy with
+# other jobs), i.e. a few million multiply-adds or element operations.
+PARALLEL_MACS = 8_000_000
+PARALLEL_ELEMS = 2_000_000
+
+
+def work_threads(elems: int) -> int:
+    """Kernel threads worth using for an elementwise loop over ``elems``."""
+    return max(1, min(kernel_threads(), elems // PARALLEL_ELEMS))
+
+
+# Parallel work is cut into this many pieces per thread, handed out on
+# demand (see ``parallel_map``), so a thread that the OS does not schedule
+# (busy cores) delays only its current piece.
+PIECES_PER_THREAD = 3
+
+
+def gemm_blocks(rows: int, macs: int) -> list[tuple[int, int]]:
+    """Output-row blocks for one GEMM of ``macs`` multiply-adds producing
+    ``rows`` rows: one block when threads are not worth it, else a few per
+    kernel thread (at least 16 rows each, so every block is still an
+    efficient GEMM)."""
+    threads = min(kernel_threads(), max(1, macs // PARALLEL_MACS))
+    if threads < 2:
+        return [(0, rows)]
+    return split(rows, threads * PIECES_PER_THREAD, 16)
+
+
+def shares(items: list, threads: int) -> list[list]:
+    """``items`` dealt into pieces for ``threads`` threads (see PIECES_PER_THREAD)."""
+    if threads < 2:
+        return [items]
+    k = min(len(items), threads * PIECES_PER_THREAD)
+    return [items[i::k] for i in range(k)]
 
 
 def parallel_map(fn, items) -> list:
@@ -158,14 +235,100 @@ def parallel_map(fn, items) -> list:
     the way the BLAS already does for the GEMMs."""
     global _POOL
     items = list(items)
-    workers = min(len(items), kernel_threads())
+    workers = min(len(items), active_threads())
     if workers < 2:
         return [fn(i) for i in items]
     if _POOL is None:
         from concurrent.futures import ThreadPoolExecutor
-        _POOL = ThreadPoolExecutor(max_workers=kernel_threads(),
+        _POOL = ThreadPoolExecutor(max_workers=max(1, kernel_threads() - 1),
                                    thread_name_prefix="amct-kernel")
-    return list(_POOL.map(fn, items))
+    # Items are taken on demand and the calling thread works too: when the
+    # cores are busy with other jobs and a pool thread is not scheduled, the
+    # caller simply does (almost) everything instead of waiting a time slice.
+    results = [None] * len(items)
+    todo = iter(range(len(items)))
+    lock = threading.Lock()
+
+    def drain():
+        while True:
+            with lock:
+                k = next(todo, None)
+            if k is None:
+                return
+            results[k] = fn(items[k])
+
+    futures = [_POOL.submit(drain) for _ in range(workers - 1)]
+    try:
+        drain()
+    finally:
+        for f in futures:
+            f.result()
+    return results
+
+
+# ------------------------------------------------------------ BLAS threads
+# The runtime parallelises its GEMMs itself (``gemm_blocks`` over the kernel
+# thread pool) and runs each BLAS call single-threaded.  OpenBLAS's own
+# threads spin while they wait; when the cores are shared with other jobs a
+# descheduled BLAS thread stalls every GEMM (measured 3-10x slower forwards on
+# a loaded 2-core machine), while the pool's threads block and degrade
+# gracefully.  ``single_blas`` switches OpenBLAS to one thread for a forward
+# pass and restores the caller's setting after it.
+_BLAS = None
+
+
+def _openblas():
+    """(get, set) for numpy's OpenBLAS thread count, or None if not found."""
+    global _BLAS
+    if _BLAS is None:
+        _BLAS = False
+        try:
+            import ctypes
+            import glob
+
+            libs = []
+            for mod in ("numpy", ):
+                root = os.path.dirname(__import__(mod).__file__)
+                libs += glob.glob(os.path.join(root, os.pardir, mod + ".libs", "*openblas*"))
+            for path in libs:
+                lib = ctypes.CDLL(path)
+                for get, set_ in (("scipy_openblas_get_num_threads64_",
+                                   "scipy_openblas_set_num_threads64_"),
+                                  ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
+                                  ("openblas_get_num_threads", "openblas_set_num_threads")):
+                    if hasattr(lib, get) and hasattr(lib, set_):
+                        g, st = getattr(lib, get), getattr(lib, set_)
+                        g.restype, g.argtypes = ctypes.c_int, []
+                        st.restype, st.argtypes = None, [ctypes.c_int]
+                        _BLAS = (g, st)
+                        break
+                if _BLAS:
+                    break
+        except (OSError, AttributeError, ImportError):
+            _BLAS = False
+    return _BLAS or None
+
+
+class single_blas:
+    """Context manager: OpenBLAS single-threaded inside (see above).  A no-op
+    without a detectable OpenBLAS or when ``AMCT_BLAS_THREADS=native``."""
+
+    def __enter__(self):
+        self._prev = None
+        if os.environ.get("AMCT_BLAS_THREADS", "") == "native":
+            return self
+        blas = _openblas()
+        if blas is not None:
+            n = blas[0]()
+            if n > 1:
+                blas[1](1)
+                self._prev = n
+        return self
+
+    def __exit__(self, *exc):
+        if self._prev is not None:
+            _openblas()[1](self._prev)
+        return False
 
 
 @dataclass(frozen=True)

@@ -125,7 +125,7 @@ class PReLUDef(ElementwiseDef):
 
     def make(self, layer, shape):
         self.param_shapes(layer, [shape])
-        a = np.asarray(layer.blobs[0], dtype=np.float32)
+        a = np.require(layer.blobs[0], np.float32, ["C", "A"])   # aligned: fast ufunc loops
         if layer.param("prelu_param").channel_shared:
             if a.size != 1:
                 raise shape_error(layer, f"channel_shared needs 1 slope, blob has {a.size}")

@@ -28,6 +28,7 @@ import numpy as np
 from amct.errors import ShapeError, UnsupportedLayerError, WeightsError
 from amct.ir.registry import Kernel, LayerDef, Shape, register_layer
 from amct.layers import _im2col as ic
+from amct.layers._common import prepared
 
 _INT32_MIN, _INT32_MAX = float(np.iinfo(np.int32).min), float(np.iinfo(np.int32).max)
 
@@ -180,8 +181,8 @@ def _conv_kernel(spec: ConvSpec, in_shape: Shape, weight: np.ndarray, bias: np.n
         raise ShapeError(f"convolution output {oh}x{ow} from input {in_shape}")
     out_shape = lead + (cout,) + ((ow,) if len(spatial) == 1 else (oh, ow))
     x4_shape = (nimg, c, h, w)
-    wmat = np.ascontiguousarray(weight, dtype=dtype)
-    bcol = None if bias is None else np.asarray(bias, dtype=dtype)
+    wmat = prepared(weight, dtype)
+    bcol = None if bias is None else prepared(bias, dtype)
 
     if g == c == cout and g > 1:
         body = _depthwise(win, x4_shape, oh, ow, wmat.reshape(c, win.kh * win.kw), bcol, dtype,
@@ -204,26 +205,49 @@ def _pointwise(x4_shape, wg: np.ndarray, bias, dtype, epilogue=None):
 
     One GEMM per image, each followed by its bias and epilogue: the image's
     output is then still in cache for those passes (a GEMM over the whole
-    stacked batch leaves only the last image there)."""
+    stacked batch leaves only the last image there).  Images are spread over
+    the kernel threads, or, for a single image, blocks of output channels."""
     n, c, h, w = x4_shape
     g, coutg, _ = wg.shape
     cout = g * coutg
+    hw = h * w
     w2 = wg[0] if g == 1 else None
     bcol = None if bias is None else bias[:, None]
+    macs = cout * (c // g) * hw
+    nt = ic.kernel_threads()
+    by_image = n > 1 and n * macs >= 2 * ic.PARALLEL_MACS and nt > 1
+    img_shares = ic.split(n, nt) if by_image else None
+    blocks = ic.gemm_blocks(cout, macs) if g == 1 and not by_image else [(0, cout)]
 
     def body(x):
-        out = np.empty((n, cout, h * w), dtype)
-        xs = x.reshape(n, c, h * w)
-        for i in range(n):
-            o = out[i]
+        out = np.empty((n, cout, hw), dtype)
+        xs = x.reshape(n, c, hw)
+
+        def gemm(i, r0=0, r1=cout):
+            o = out[i, r0:r1]
             if g == 1:
-                np.matmul(w2, xs[i], out=o)
+                np.matmul(w2[r0:r1], xs[i], out=o)
             else:
-                np.matmul(wg, xs[i].reshape(g, c // g, h * w), out=o.reshape(g, coutg, h * w))
+                np.matmul(wg, xs[i].reshape(g, c // g, hw), out=o.reshape(g, coutg, hw))
             if bcol is not None:
-                o += bcol
+                o += bcol[r0:r1]
+
+        def images(share):
+            for i in range(*share):
+                gemm(i)
+                if epilogue is not None:
+                    epilogue(out[i])
+
+        if by_image:
+            ic.parallel_map(images, img_shares)
+            return out
+        for i in range(n):
+            if len(blocks) > 1:
+                ic.parallel_map(lambda blk: gemm(i, *blk), blocks)
+            else:
+                gemm(i)
             if epilogue is not None:
-                epilogue(o)
+                epilogue(out[i])
         return out
 
     return body
@@ -236,7 +260,8 @@ def _im2col_gemm(win: ic.Window, x4_shape, oh: int, ow: int, wg: np.ndarray, bia
     The column buffer is filled with one contiguous copy per kernel tap (see
     ``_im2col.PhaseLayout``); the GEMM produces the wide output, whose valid
     columns are copied (with the bias) into the result.  Chunks of images
-    (small maps) or of output rows (large maps) bound the buffers."""
+    (small maps) or of output rows (large maps) bound the buffers.  The tap
+    copies and the GEMM's output-channel blocks run on the kernel threads."""
     n, c, h, w = x4_shape
     g, coutg, kg = wg.shape
     cout = g * coutg
@@ -254,31 +279,63 @@ def _im2col_gemm(win: ic.Window, x4_shape, oh: int, ow: int, wg: np.ndarray, bia
     tap_src = list(zip(lay.tap_phase, lay.offsets))
     w2 = wg[0] if g == 1 else None
     bias4 = None if bias is None else bias.reshape(1, cout, 1, 1)
+    col_elems = k * nb * rows * wq
+    # Small maps: the wide grid's wq - ow extra columns per row would inflate
+    # the GEMM by up to 50 % (LeNet's 8x8 conv2: wq 12); above 20 % waste the
+    # taps are copied compactly instead (one 2-D strided copy each).
+    compact = (wq - ow) * 5 > ow
+    pitch = ow if compact else wq
+    tap_rc = [divmod(off, wq) for _, off in tap_src]
+    # Copies are worth splitting only when the column chunk is large.
+    tap_groups = [tap_src[a:b] for a, b in ic.split(taps, ic.work_threads(col_elems))]
+    tap_first = [0] + [sum(len(t) for t in tap_groups[:i + 1]) for i in range(len(tap_groups))]
+    blocks = ic.gemm_blocks(cout, cout * k * nb * rows * wq) if g == 1 else [(0, cout)]
 
     def body(x):
         out = np.empty((n, cout, oh, ow), dtype)
-        col_buf = np.empty(k * nb * rows * wq, dtype)
+        col_buf = np.empty(col_elems, dtype)
         ph_buf = np.empty(nb * c * len(lay.phases) * lay.plane, dtype)
         for n0, n1 in img_chunks:
             nbi = n1 - n0
             xph = ic.to_phases(x[n0:n1], lay, 0, dtype, out=ph_buf).transpose(1, 0, 2, 3)
             for r0, r1 in row_chunks:
-                span = (r1 - r0) * wq
+                span = (r1 - r0) * pitch
                 col = col_buf[:k * nbi * span].reshape(c, taps, nbi, span)
                 base = r0 * wq
-                for t, (p, off) in enumerate(tap_src):
-                    col[:, t] = xph[:, :, p, base + off:base + off + span]
+
+                def copy(gi):
+                    for t, (p, off) in enumerate(tap_groups[gi], tap_first[gi]):
+                        if compact:
+                            qi, qj = tap_rc[t]
+                            plane = xph[:, :, p, :lay.hq * wq].reshape(c, nbi, lay.hq, wq)
+                            col[:, t].reshape(c, nbi, r1 - r0, ow)[...] = \
+                                plane[:, :, qi + r0:qi + r1, qj:qj + ow]
+                        else:
+                            col[:, t] = xph[:, :, p, base + off:base + off + span]
+
+                if len(tap_groups) > 1:
+                    ic.parallel_map(copy, range(len(tap_groups)))
+                else:
+                    copy(0)
                 col2 = col.reshape(k, nbi * span)
-                if g == 1:
-                    res = w2 @ col2
-                else:
-                    res = np.matmul(wg, col2.reshape(g, kg, nbi * span))
-                res = res.reshape(cout, nbi, r1 - r0, wq)[:, :, :, :ow].transpose(1, 0, 2, 3)
                 dst = out[n0:n1, :, r0:r1]
-                if bias4 is not None:
-                    np.add(res, bias4, out=dst)
+
+                def gemm(blk):
+                    c0, c1 = blk
+                    if g == 1:
+                        res = w2[c0:c1] @ col2
+                    else:
+                        res = np.matmul(wg, col2.reshape(g, kg, nbi * span))
+                    res = res.reshape(c1 - c0, nbi, r1 - r0, pitch)[:, :, :, :ow].transpose(1, 0, 2, 3)
+                    if bias4 is not None:
+                        np.add(res, bias4[:, c0:c1], out=dst[:, c0:c1])
+                    else:
+                        dst[:, c0:c1] = res
+
+                if len(blocks) > 1:
+                    ic.parallel_map(gemm, blocks)
                 else:
-                    dst[...] = res
+                    gemm(blocks[0])
                 if epilogue is not None:
                     epilogue(dst)
         return out.reshape(n, cout, oh * ow)
@@ -302,13 +359,12 @@ def _depthwise(win: ic.Window, x4_shape, oh: int, ow: int, wtaps: np.ndarray, bi
     cb = max(1, min(c, ic.DW_BLOCK // (taps * span)))
     blocks = ic.chunks(c, cb)
     tap_src = list(zip(lay.tap_phase, lay.offsets))
-    coef = np.ascontiguousarray(wtaps, dtype=dtype)[:, None, :]      # (C, 1, taps)
+    coef = prepared(wtaps, dtype)[:, None, :]                       # (C, 1, taps)
     bias3 = None if bias is None else bias.reshape(c, 1, 1)
 
     # Work items: (image, channel block); each thread has its own scratch.
     items = [(i, c0, c1) for i in range(n) for c0, c1 in blocks]
-    nthreads = max(1, min(len(items), ic.kernel_threads()))
-    shares = [items[k::nthreads] for k in range(nthreads)]
+    shares = ic.shares(items, ic.work_threads(n * c * span * taps))
 
     nph = len(lay.phases)
 
@@ -361,14 +417,14 @@ def _deconv_kernel(spec: ConvSpec, in_shape: Shape, weight: np.ndarray, bias: np
     taps = win.kh * win.kw
     # Weight (Cin, Cout/g, kh, kw) -> per group the transposed matrix
     # (Cout/g*kh*kw, Cin/g) that maps an input pixel to its column.
-    wt = np.ascontiguousarray(
-        np.asarray(weight, dtype=dtype).reshape(g, cing, coutg * taps).transpose(0, 2, 1))
+    wt = prepared(np.asarray(weight, dtype=dtype).reshape(g, cing, coutg * taps)
+                  .transpose(0, 2, 1), dtype)
     w2 = wt[0] if g == 1 else None
     plan = ic.scatter_plan(win, h, w, oh, ow)
     per_img = cout * taps * h * w
     nb = max(1, min(n, ic.COL_LIMIT // max(1, per_img)))
     img_chunks = ic.chunks(n, nb)
-    bias4 = None if bias is None else np.asarray(bias, dtype=dtype).reshape(1, cout, 1, 1)
+    bias4 = None if bias is None else prepared(bias, dtype).reshape(1, cout, 1, 1)
 
     def run(inputs):
         x = np.ascontiguousarray(inputs[0]).reshape(n, cin, h * w)

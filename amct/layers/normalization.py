@@ -21,7 +21,7 @@ def _blob(layer, i: int, shape: tuple, what: str) -> np.ndarray:
     so legacy 4-D blob shapes load)."""
     if len(layer.blobs) <= i:
         raise WeightsError(f"layer '{layer.name}' ({layer.type}): missing blob {i} ({what})")
-    b = np.asarray(layer.blobs[i], dtype=np.float32)
+    b = np.require(layer.blobs[i], np.float32, ["C", "A"])   # aligned: fast ufunc loops
     if b.size != count(shape):
         raise WeightsError(f"layer '{layer.name}' ({layer.type}): blob {i} ({what}) has shape "
                            f"{tuple(b.shape)}, expected {tuple(shape)}")

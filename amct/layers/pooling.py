@@ -156,8 +156,7 @@ def _windowed(win: ic.Window, shape, oh: int, ow: int, is_max: bool) -> Kernel:
     rows = n * c
     rb = max(1, min(rows, ic.BLOCK // span))
     blocks = ic.chunks(rows, rb)
-    nthreads = max(1, min(len(blocks), ic.kernel_threads()))
-    shares = [blocks[k::nthreads] for k in range(nthreads)]
+    shares = ic.shares(blocks, ic.work_threads(rows * span * len(lay.offsets)))
     tap_src = list(zip(lay.tap_phase, lay.offsets))
     div = {np.dtype(np.float32): ave_divisor(win, h, w, oh, ow).astype(np.float32),
            np.dtype(np.float64): ave_divisor(win, h, w, oh, ow)}

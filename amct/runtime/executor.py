@@ -25,6 +25,7 @@ from amct.errors import AmctError, DataError, GraphError, ShapeError, Unsupporte
 from amct.ir.graph import INPUT_TYPES, Graph, blob_of
 from amct.ir.layer import Layer
 from amct.ir.registry import Kernel, LayerDef, Shape, require_layer_def
+from amct.layers._im2col import adapt_threads, single_blas
 from amct.runtime import optimize as opt
 
 log = logging.getLogger("amct.runtime")
@@ -392,6 +393,29 @@ class Program:
                 values[v] = np.asarray(feeds[key])
 
         sched = self._schedule(i0, i1, entries, kept_vids, keep_all, set(values))
+        adapt_threads()
+        with single_blas():
+            self._execute(sched, values, fed_inputs, entries)
+
+        result: dict[str, np.ndarray] = {}
+        if keep_all and by_blob:
+            result.update((b, values[v]) for b, v in latest.items())
+        elif keep_all:
+            result.update(values)
+        for k in want_out + sorted(keep_keys):
+            v = latest.get(k, k)
+            if v in values:
+                result[k] = values[v]
+            elif v in feeds:
+                result[k] = np.asarray(feeds[v])
+            else:
+                raise GraphError(f"net '{self.graph.name}': '{k}' is not a blob or value id "
+                                 f"produced between layers #{i0} and #{i1}")
+        return result
+
+    def _execute(self, sched: "opt.Schedule", values: dict[str, np.ndarray],
+                 fed_inputs: dict[str, np.ndarray], entries: list[_ObserverEntry]) -> None:
+        """Run a schedule, filling ``values`` (value id -> array)."""
         for pos, step in enumerate(sched.steps):
             layer = step.layer
             if step.is_input:
@@ -411,22 +435,6 @@ class Program:
                             e.fn(layer, j, b, v, view)
             for v in sched.free_after[pos]:
                 values.pop(v, None)
-
-        result: dict[str, np.ndarray] = {}
-        if keep_all and by_blob:
-            result.update((b, values[v]) for b, v in latest.items())
-        elif keep_all:
-            result.update(values)
-        for k in want_out + sorted(keep_keys):
-            v = latest.get(k, k)
-            if v in values:
-                result[k] = values[v]
-            elif v in feeds:
-                result[k] = np.asarray(feeds[v])
-            else:
-                raise GraphError(f"net '{self.graph.name}': '{k}' is not a blob or value id "
-                                 f"produced between layers #{i0} and #{i1}")
-        return result
 
     def _schedule(self, i0: int, i1: int, entries: list[_ObserverEntry], kept_vids: set[str],
                   keep_all: bool, fed: set[str]) -> opt.Schedule:
