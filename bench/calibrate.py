@@ -14,7 +14,7 @@ Usage::
    forward passes, and the ratio is printed.  Target: < 30 %.
 2. HFMG memory.  The same flow with HFMG layers, run in a fresh subprocess
    per setting, batch size 2, each printing its peak RSS
-   (``resource.getrusage``): batch_num = N (default 16) and batch_num = 1,
+   (VmHWM, see ``_rss.py``): batch_num = N (default 16) and batch_num = 1,
    both over N forward passes (with batch_num 1 the HFMG layers ignore the
    later ones), so the only difference is the calibration state.  Target:
    within 10 %.  For information also batch_num = 1 with a single forward
@@ -28,13 +28,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from _rss import peak_rss_bytes  # bench/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("AMCT_SHARED", REPO.parent / "shared"))
@@ -154,7 +155,7 @@ def bench_ifmr(work: Path, n_images: int, batch: int) -> dict:
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return peak_rss_bytes() / 2**20
 
 
 def hfmg_child(work: Path, batch_num: int, batch: int, forwards: int) -> None:

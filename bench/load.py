@@ -27,11 +27,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import time
+
+from _rss import peak_rss_bytes  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -43,22 +44,6 @@ PROTOTXTS = {
 TARGETS = {"load/read": ("<=", 2.0), "naive/load": (">=", 5.0), "rss/size": ("<=", 1.2)}
 
 
-def _peak_rss_bytes() -> int:
-    """Peak resident set of this process image.
-
-    VmHWM is per address space and starts afresh at exec; ``ru_maxrss`` is not
-    (Linux carries it over from the forking parent), which would charge the
-    child with the parent's memory."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 # ------------------------------------------------------------------ children
 def _child(kind: str, path: str, out: str | None) -> dict:
     """One measurement; runs in its own interpreter. Imports happen before the clock starts."""
@@ -68,7 +53,7 @@ def _child(kind: str, path: str, out: str | None) -> dict:
         from amct.frontends.caffe import load_caffe, read_caffemodel, write_caffemodel
     if kind == "naive":
         from amct.proto import caffe_pb2
-    rss0 = _peak_rss_bytes()
+    rss0 = peak_rss_bytes()
     if kind == "read":
         t = time.perf_counter()
         with open(path, "rb") as f:
@@ -96,7 +81,7 @@ def _child(kind: str, path: str, out: str | None) -> dict:
         n = sum(a.nbytes for a in arrays)
     elif kind == "save":
         g = load_caffe(path[: -len(".caffemodel")] + ".prototxt", path)
-        rss0 = _peak_rss_bytes()
+        rss0 = peak_rss_bytes()
         t = time.perf_counter()
         write_caffemodel(g, out)
         dt = time.perf_counter() - t
@@ -105,7 +90,7 @@ def _child(kind: str, path: str, out: str | None) -> dict:
     elif kind == "write":
         with open(path, "rb") as f:
             data = f.read()
-        rss0 = _peak_rss_bytes()
+        rss0 = peak_rss_bytes()
         t = time.perf_counter()
         with open(out, "wb") as f:
             f.write(data)
@@ -115,7 +100,7 @@ def _child(kind: str, path: str, out: str | None) -> dict:
         os.unlink(out)
     else:
         raise SystemExit(f"unknown measurement {kind}")
-    return {"seconds": dt, "peak_rss": _peak_rss_bytes(), "rss_before": rss0, "bytes": n}
+    return {"seconds": dt, "peak_rss": peak_rss_bytes(), "rss_before": rss0, "bytes": n}
 
 
 def _run_child(kind: str, path: str, out: str) -> dict:
