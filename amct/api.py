@@ -17,8 +17,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import attrs
 import numpy as np
 
-from amct.config import (QuantConfig, apply_head_rules, check_against_graph,
-                         default_layer_config, read_config, read_simple_config, write_config)
+from amct.config import (ALGO_PRESETS, QuantConfig, apply_algo_preset, apply_head_rules,
+                         check_against_graph, default_layer_config, read_config,
+                         read_simple_config, write_config)
 from amct.errors import (ConfigError, DataError, GraphError, QuantizationError, RecordError,
                          WeightsError)
 from amct.fileio import AtomicGroup
@@ -104,8 +105,8 @@ def build_default_config(graph: Graph, skip_layers: Sequence[str] | None = None,
     whose activation range keeps the calibration maximum: IFMR
     ``search_range`` [1.0, 1.3], HFMG ``clip_floor`` 1.0 (docs/api.md).
     """
-    if act_algo not in ("ifmr", "hfmg"):
-        raise ConfigError(f"act_algo must be 'ifmr' or 'hfmg', got {act_algo!r}")
+    if act_algo not in ALGO_PRESETS:
+        raise ConfigError(f"act_algo must be one of {', '.join(ALGO_PRESETS)}, got {act_algo!r}")
     if isinstance(batch_num, bool) or not isinstance(batch_num, (int, np.integer)) or batch_num < 1:
         raise ConfigError(f"batch_num must be a positive integer, got {batch_num!r}")
     if not isinstance(activation_offset, bool):
@@ -131,7 +132,7 @@ def build_default_config(graph: Graph, skip_layers: Sequence[str] | None = None,
         if not_quantizable_reason(layer) is None:
             c = default_layer_config(layer.type)
             c.quant_enable = layer.name not in skip
-            c.act_algo = act_algo
+            apply_algo_preset(c, act_algo)
             cfg.layers[layer.name] = c
     if not cfg.layers:
         raise ConfigError(f"{graph.source}: the model has no quantizable layer "
@@ -327,8 +328,8 @@ def quantize(model_file: str, weights_file: str, batches: Iterable[Any], save_pa
     from amct.runtime import Net
 
     kind = _check_save_type(save_type)
-    if algo not in ("ifmr", "hfmg"):
-        raise ConfigError(f"algo must be 'ifmr' or 'hfmg', got {algo!r}")
+    if algo not in ALGO_PRESETS:
+        raise ConfigError(f"algo must be one of {', '.join(ALGO_PRESETS)}, got {algo!r}")
     save_path = str(save_path)
     work = str(work_dir) if work_dir is not None else save_path + "_work"
     os.makedirs(work, exist_ok=True)

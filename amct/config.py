@@ -84,6 +84,27 @@ HEAD_SEARCH_START = 1.0
 HEAD_CLIP_FLOOR = 1.0
 
 
+#: Calibration presets a user can ask for by name (``--algo`` / ``algo=``).
+#: "minmax" is not an algorithm of its own: it is an IFMR config whose only
+#: candidate is the observed range itself (percentiles 1.0, search range
+#: [1.0, 1.01) with step 0.01), i.e. MinMax calibration written as a config
+#: AMCT accepts.
+ALGO_PRESETS = ("ifmr", "hfmg", "minmax")
+
+
+def apply_algo_preset(c: LayerQuantConfig, algo: str) -> None:
+    """Set ``c``'s activation calibration to preset ``algo`` (see ALGO_PRESETS)."""
+    if algo not in ALGO_PRESETS:
+        raise ConfigError(f"algo must be one of {', '.join(ALGO_PRESETS)}, got {algo!r}")
+    if algo == "minmax":
+        c.act_algo = "ifmr"
+        c.max_percentile = c.min_percentile = 1.0
+        c.search_range = (1.0, 1.01)
+        c.search_step = 0.01
+    else:
+        c.act_algo = algo
+
+
 def apply_head_rule(c: LayerQuantConfig) -> None:
     """Make ``c`` (a head layer's config) keep its calibration maximum.
 

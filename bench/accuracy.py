@@ -87,6 +87,19 @@ def _crops(img: np.ndarray, size: int, grid: int = 3) -> list[np.ndarray]:
     return out
 
 
+def _views(img: np.ndarray, h: int, w: int, grid: int = 3) -> list[np.ndarray]:
+    """The whole image and a grid of half-size crops (same aspect), resized to h x w."""
+    H, W = img.shape[:2]
+    ch, cw = H // 2, W // 2
+    out = [_resize(img, h, w)]
+    for i in range(grid):
+        for j in range(grid):
+            y = (H - ch) * i // max(grid - 1, 1)
+            x = (W - cw) * j // max(grid - 1, 1)
+            out.append(_resize(img[y:y + ch, x:x + cw], h, w))
+    return out
+
+
 def _mtcnn(batch_hwc: list[np.ndarray]) -> np.ndarray:
     """RGB, (x - 127.5)·0.0078125, transposed (blob axis 2 = image column)."""
     x = (np.stack(batch_hwc) - 127.5) * 0.0078125
@@ -130,13 +143,15 @@ def model_case(name: str) -> dict:
                 "weights": m / "cifar10_quick/cifar10_quick_iter_5000.caffemodel",
                 "calib": calib, "eval": evals}
     if name == "ultraface":
-        def prep(paths):
-            return np.stack([(_resize(_rgb(p), 240, 320) - 127.0) / 128.0 for p in paths]
+        # Whole images and 3x3 grids of half-size crops (10 views per image),
+        # so that both calibration and evaluation see faces at several scales;
+        # one batch per source image.
+        def prep(path):
+            return np.stack([(v - 127.0) / 128.0 for v in _views(_rgb(path), 240, 320)]
                             ).transpose(0, 3, 1, 2).astype(np.float32)
-        calib = [prep(_image_paths(CALIB_IMAGES[:2])), prep(_image_paths(CALIB_IMAGES[2:],
-                                                                          [m / "mtcnn/test1.jpg"]))]
-        evals = [prep([m / "ultraface_slim320/face.jpg", m / "mtcnn/test2.jpg"]),
-                 prep(_image_paths(EVAL_IMAGES))]
+        calib = [prep(p) for p in _image_paths(CALIB_IMAGES, [m / "mtcnn/test1.jpg"])]
+        evals = [prep(p) for p in _image_paths(EVAL_IMAGES, [m / "ultraface_slim320/face.jpg",
+                                                             m / "mtcnn/test2.jpg"])]
         return {"model": m / "ultraface_slim320/slim-320.prototxt",
                 "weights": m / "ultraface_slim320/slim-320.caffemodel", "calib": calib,
                 "eval": evals}
@@ -325,7 +340,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+",
                     default=["lenet", "det1", "det2", "det3", "cifar10", "ultraface"])
-    ap.add_argument("--algos", nargs="+", default=["ifmr", "hfmg"], choices=["ifmr", "hfmg"])
+    ap.add_argument("--algos", nargs="+", default=["ifmr", "hfmg", "minmax"],
+                    choices=["ifmr", "hfmg", "minmax"])
     ap.add_argument("--work", default=str(REPO / "bench/_work/accuracy"))
     ap.add_argument("--json", default=None, help="per-layer report (default: WORK/layers.json)")
     ap.add_argument("--ort", action="store_true",

@@ -165,7 +165,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+",
                     default=["lenet", "det1", "det2", "det3", "cifar10", "ultraface"])
-    ap.add_argument("--algos", nargs="+", default=["ifmr", "hfmg"], choices=["ifmr", "hfmg"])
+    ap.add_argument("--algos", nargs="+", default=["ifmr", "hfmg", "minmax"],
+                    choices=["ifmr", "hfmg", "minmax"])
     ap.add_argument("--work", default=str(acc.REPO / "bench/_work/ort"))
     args = ap.parse_args(argv)
     if not acc.MODELS.exists():

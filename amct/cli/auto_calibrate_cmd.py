@@ -38,7 +38,7 @@ def register(sub, parents) -> None:
     g.add_argument("--config", metavar="FILE", help="starting quantization config (.json or .cfg)")
     g.add_argument("--skip-layers", "--skip_layers", dest="skip_layers", metavar="A,B",
                    help="layers always left in float (without --config)")
-    g.add_argument("--algo", choices=("ifmr", "hfmg"), help="activation calibration algorithm")
+    g.add_argument("--algo", choices=("ifmr", "hfmg", "minmax"), help="activation calibration algorithm")
     g.add_argument("--output", metavar="BLOB", help="blob holding the class scores (default: the only output)")
     p.set_defaults(func=run)
 

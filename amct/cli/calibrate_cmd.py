@@ -34,8 +34,8 @@ def register(sub, parents) -> None:
                    help="quantization config: AMCT JSON (.json) or simplified protobuf text (.cfg)")
     q.add_argument("--skip-layers", "--skip_layers", dest="skip_layers", metavar="A,B",
                    help="layers to leave in float (comma-separated; without --config)")
-    q.add_argument("--algo", choices=("ifmr", "hfmg"),
-                   help="activation calibration algorithm (default ifmr; overrides a config)")
+    q.add_argument("--algo", choices=("ifmr", "hfmg", "minmax"),
+                   help="activation calibration: ifmr (default, AMCT), hfmg, or minmax (an IFMR config that keeps the full observed range); overrides a config")
     q.add_argument("--work-dir", "--work_dir", dest="work_dir", metavar="DIR",
                    help="where config.json, record.txt and the modified model go "
                         "(default: SAVE_PATH_work)")
@@ -78,8 +78,10 @@ def _config(args, graph, work: str, batches: int) -> tuple[str, int]:
     else:
         cfg = read_simple_config(args.config, graph)
     if args.algo and args.config is not None:
+        from amct.config import apply_algo_preset
+
         for c in cfg.layers.values():
-            c.act_algo = args.algo
+            apply_algo_preset(c, args.algo)
     if args.batch_num:
         cfg.batch_num = int(args.batch_num)
     elif args.config is None or not args.config.lower().endswith(".json"):

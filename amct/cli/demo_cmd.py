@@ -30,7 +30,7 @@ def register(sub, parents) -> None:
                    help="where the quantized models and the report go (default ./amct_demo)")
     p.add_argument("--example-dir", default=None, metavar="DIR",
                    help="the bundled example (default: examples/lenet_mnist of this checkout)")
-    p.add_argument("--algo", choices=("ifmr", "hfmg"), default="ifmr",
+    p.add_argument("--algo", choices=("ifmr", "hfmg", "minmax"), default="ifmr",
                    help="activation calibration algorithm (default ifmr)")
     p.set_defaults(func=run)
 
