@@ -117,6 +117,8 @@ class OursRunner:
 
         self.graph = graph if graph is not None else load_caffe(proto, weights)
         self.input = self.graph.inputs[0]
+        # Looked up once: the graph derives its outputs by walking every layer.
+        self.output = self.graph.outputs[-1]
         try:
             from amct.runtime import compile as rt_compile
         except ImportError:
@@ -134,7 +136,7 @@ class OursRunner:
 
     def _run_program(self, x: np.ndarray) -> np.ndarray:
         out = self.prog.run({self.input: x})
-        return out[self.graph.outputs[-1]]
+        return out[self.output]
 
     def _build_loop(self, batch: int) -> None:
         from amct.ir.registry import require_layer_def

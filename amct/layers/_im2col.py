@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -145,34 +146,93 @@ DW_BLOCK = 256 * 1024
 _POOL = None
 
 
+_CPUS = os.cpu_count() or 1
+
+
 def kernel_threads() -> int:
     """Threads the kernels plan for: ``AMCT_NUM_THREADS`` or the core count."""
     env = os.environ.get("AMCT_NUM_THREADS", "")
-    return max(1, int(env)) if env.isdigit() else (os.cpu_count() or 1)
+    return max(1, int(env)) if env.isdigit() else _CPUS
 
 
 # Threads actually used by ``parallel_map`` during the current forward pass.
 _ACTIVE: int | None = None
+
+# How busy the cores are with *other* jobs is measured from CPU time, not
+# from the instantaneous runnable count of /proc/loadavg: read at the start
+# of a pass, that count includes this process's own pool threads still
+# winding down from the previous pass's last split layer (measured: right
+# after a ``parallel_map`` it read 1 higher than 2 ms later in 70 % of
+# samples), so back-to-back passes on an idle machine often fell back to one
+# thread.  Instead: (system-wide busy CPU time - this process's CPU time) /
+# wall time over a window of at least _LOAD_WINDOW seconds = cores used by
+# others.  Decisions are cached for _LOAD_TTL seconds so a small net's
+# sub-millisecond pass does not pay for reading /proc each time.
+_LOAD_WINDOW = 0.2
+_LOAD_TTL = 0.05
+# A sample older than this describes another phase of the machine's load;
+# the window restarts and the instantaneous count is used meanwhile.
+_LOAD_STALE = 5.0
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_load = {"t": -1.0, "sample": None, "threads": None}
+
+
+def _cpu_sample() -> tuple[float, float, float]:
+    """(monotonic time, system-wide busy CPU seconds, this process's CPU seconds)."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()
+    ticks = [int(v) for v in fields[1:9]]          # user nice system idle iowait irq softirq steal
+    busy = sum(ticks) - ticks[3] - ticks[4]
+    t = os.times()
+    return time.monotonic(), busy / _CLK_TCK, t[0] + t[1]
+
+
+def _runnable_others() -> int:
+    """Other runnable tasks right now (/proc/loadavg; this thread excluded)."""
+    with open("/proc/loadavg") as f:
+        return max(0, int(f.read().split()[3].split("/")[0]) - 1)
+
+
+def _free_cores(n: int) -> int:
+    """Of ``n`` cores, how many other jobs leave to this process (>= 1)."""
+    now = time.monotonic()
+    if _load["threads"] is not None and now - _load["t"] < _LOAD_TTL:
+        return _load["threads"]
+    try:
+        cur = _cpu_sample()
+        prev = _load["sample"]
+        if prev is None or cur[0] - prev[0] > _LOAD_STALE:
+            _load["sample"] = cur
+            threads = n - _runnable_others()
+        elif cur[0] - prev[0] >= _LOAD_WINDOW:
+            others = ((cur[1] - prev[1]) - (cur[2] - prev[2])) / (cur[0] - prev[0])
+            _load["sample"] = cur
+            # A core counts as taken when other jobs used more than half of it.
+            threads = n - int(max(0.0, others) + 0.5)
+        else:
+            threads = _load["threads"] if _load["threads"] is not None else n - _runnable_others()
+    except (OSError, ValueError, IndexError):
+        threads = n
+    threads = max(1, min(n, threads))
+    _load["t"], _load["threads"] = now, threads
+    return threads
 
 
 def adapt_threads() -> int:
     """Choose the threads for the next forward pass (called by the runtime).
 
     With ``AMCT_NUM_THREADS`` set, that number.  Otherwise the core count
-    minus the other tasks runnable right now (``/proc/loadavg``): on a
-    machine shared with other jobs, a second thread that must time-share a
-    core with them makes every split layer wait for it (measured 10-50 %
-    slower forwards of small nets than one thread), while on idle cores it
-    is a near 2x for the GEMMs and elementwise loops."""
+    minus the cores other jobs keep busy (see ``_free_cores``): on a machine
+    shared with other jobs, a second thread that must time-share a core with
+    them makes every split layer wait for it (measured 10-50 % slower
+    forwards of small nets than one thread), while on idle cores it is a
+    near 2x for the GEMMs and elementwise loops."""
     global _ACTIVE
-    n = kernel_threads()
-    if not os.environ.get("AMCT_NUM_THREADS", "").isdigit() and n > 1:
-        try:
-            with open("/proc/loadavg") as f:
-                running = int(f.read().split()[3].split("/")[0])
-            n = max(1, min(n, n - (running - 1)))      # this thread is one of them
-        except (OSError, ValueError, IndexError):
-            pass
+    env = os.environ.get("AMCT_NUM_THREADS", "")
+    if env.isdigit():
+        n = max(1, int(env))
+    else:
+        n = _CPUS if _CPUS < 2 else _free_cores(_CPUS)
     _ACTIVE = n
     return n
 
@@ -208,15 +268,46 @@ def work_threads(elems: int) -> int:
 PIECES_PER_THREAD = 3
 
 
+# Row blocks per thread of one split GEMM.  Every block re-packs the whole
+# shared operand (the column matrix of a convolution: often megabytes) with
+# the BLAS single-threaded, so more blocks cost memory traffic; see
+# ``GemmBlocks``.
+GEMM_PIECES_PER_THREAD = 1
+# Rows of a GEMM block: below this the BLAS kernel is mostly edge handling.
+GEMM_MIN_ROWS = 16
+
+
+class GemmBlocks(list):
+    """Output-row blocks ``[(a, b), ...]`` of one GEMM, re-cut for each pass.
+
+    Built with the largest thread count (so ``len(blocks) > 1`` tells a
+    kernel the GEMM is worth splitting at all); ``parallel_map`` cuts the
+    rows again for the threads actually in use in the current pass
+    (``adapt_threads``).  With one thread the GEMM then runs as one block:
+    split blocks run one after the other would each re-pack the shared
+    operand for nothing (the previous fixed cut did that on busy machines)."""
+
+    def __init__(self, rows: int, threads: int):
+        self.rows = rows
+        self.threads = threads
+        super().__init__(self.cut(threads))
+
+    def cut(self, threads: int) -> list[tuple[int, int]]:
+        threads = min(threads, self.threads)
+        if threads < 2:
+            return [(0, self.rows)]
+        return split(self.rows, threads * GEMM_PIECES_PER_THREAD, GEMM_MIN_ROWS)
+
+
 def gemm_blocks(rows: int, macs: int) -> list[tuple[int, int]]:
     """Output-row blocks for one GEMM of ``macs`` multiply-adds producing
     ``rows`` rows: one block when threads are not worth it, else a few per
-    kernel thread (at least 16 rows each, so every block is still an
-    efficient GEMM)."""
+    kernel thread (at least GEMM_MIN_ROWS rows each, so every block is still
+    an efficient GEMM); re-cut per pass, see ``GemmBlocks``."""
     threads = min(kernel_threads(), max(1, macs // PARALLEL_MACS))
     if threads < 2:
         return [(0, rows)]
-    return split(rows, threads * PIECES_PER_THREAD, 16)
+    return GemmBlocks(rows, threads)
 
 
 def shares(items: list, threads: int) -> list[list]:
@@ -234,8 +325,9 @@ def parallel_map(fn, items) -> list:
     many cache-sized operations (depthwise conv, pooling) scale over cores
     the way the BLAS already does for the GEMMs."""
     global _POOL
-    items = list(items)
-    workers = min(len(items), active_threads())
+    active = active_threads()
+    items = items.cut(active) if isinstance(items, GemmBlocks) else list(items)
+    workers = min(len(items), active)
     if workers < 2:
         return [fn(i) for i in items]
     if _POOL is None:

@@ -111,6 +111,7 @@ class InnerProductDef(LayerDef):
         row_form = m <= 16 and not layer.param("inner_product_param").transpose
         groups = [[(r, min(b, r + 512)) for r in range(a, b, 512)]
                   for a, b in ic.gemm_blocks(nout, m * k * nout)]     # per thread
+        cols = [] if row_form else ic.gemm_blocks(nout, m * k * nout)
 
         def run(inputs):
             x = inputs[0].reshape(m, k)
@@ -127,6 +128,17 @@ class InnerProductDef(LayerDef):
                 else:
                     part(groups[0])
                 out = np.ascontiguousarray(out_t.T)
+            elif len(cols) > 1:
+                # Larger batches: blocks of output columns on the kernel
+                # threads (the BLAS runs single-threaded inside a pass, so a
+                # single call would use one core); each block reads all of x,
+                # the small operand, and its own slice of the weights.
+                out = np.empty((m, nout), dtype)
+
+                def cpart(blk):
+                    np.matmul(x, wkn[:, blk[0]:blk[1]], out=out[:, blk[0]:blk[1]])
+
+                ic.parallel_map(cpart, cols)
             else:
                 out = np.matmul(x, wkn)
             if bias is not None:

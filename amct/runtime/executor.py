@@ -59,10 +59,11 @@ class Step:
     #: For a step made by the optimizer: the layers it runs as one kernel
     #: (``layer`` is the last of them, the producer of its output).
     fused: tuple[Layer, ...] = ()
+    #: Fixed at compile time (the inner loop of a run tests it per step).
+    is_input: bool = attrs.field(init=False)
 
-    @property
-    def is_input(self) -> bool:
-        return self.layer.type in INPUT_TYPES
+    def __attrs_post_init__(self):
+        self.is_input = self.layer.type in INPUT_TYPES
 
 
 @attrs.define(eq=False)
@@ -85,11 +86,17 @@ class _Plan:
     chains: list = attrs.Factory(list)                  # optimize.FoldChain
     fused: dict = attrs.Factory(dict)                   # (chain id, n) -> Step
     schedules: OrderedDict = attrs.Factory(OrderedDict)  # run key -> optimize.Schedule
+    input_dims: dict = attrs.Factory(dict)              # input blob -> shape (fast check)
+    runs: OrderedDict = attrs.Factory(OrderedDict)       # run() outputs -> (Schedule, pairs)
+
+    def __attrs_post_init__(self):
+        self.input_dims = {k: tuple(v) for k, v in self.shapes_key}
 
     def forget_built(self) -> None:
         """Drop fused kernels and schedules (after kernels were rebuilt)."""
         self.fused.clear()
         self.schedules.clear()
+        self.runs.clear()
 
 
 def _identity_kernel(n_out: int) -> Kernel:
@@ -135,11 +142,19 @@ class Program:
         self._plans: OrderedDict[tuple, _Plan] = OrderedDict()
         self._structure = self._fingerprint()
         self._plan = self._compile(self._resolve_inputs(input_shapes, batch_size))
+        self._facts = self._graph_facts()
 
     # ----------------------------------------------------------- compilation
     def _fingerprint(self) -> tuple:
         return tuple((id(x), x.name, x.type, tuple(x.bottoms), tuple(x.tops))
                      for x in self.graph.layers)
+
+    def _graph_facts(self) -> tuple[tuple[str, ...], tuple[str, ...], dict[str, str]]:
+        """(inputs, outputs, final value id of each blob) of the graph as it is
+        now; recomputed only when the structure changes (``run`` needs them on
+        every call and the graph derives them by walking all layers)."""
+        g = self.graph
+        return tuple(g.inputs), tuple(g.outputs), dict(g.dataflow().final)
 
     def _resolve_inputs(self, given: Mapping[str, Sequence[int]] | None = None,
                         batch_size: int | None = None) -> dict[str, Shape]:
@@ -199,6 +214,7 @@ class Program:
         self._plans.clear()
         self._structure = self._fingerprint()
         self._plan = self._compile(self._resolve_inputs(current))
+        self._facts = self._graph_facts()
 
     def rebuild(self, layers: Iterable[Layer | str] | None = None) -> None:
         """Build the kernels of ``layers`` (all when None) again, e.g. after
@@ -292,22 +308,79 @@ class Program:
         float32 (cast if needed); any input shape is accepted that the net's
         layers can take (the kernels are re-built on a change).
         """
-        names = list(self.graph.inputs)
-        missing = [n for n in names if n not in inputs]
-        unknown = [n for n in inputs if n not in names]
-        if missing or unknown:
-            raise DataError(f"net '{self.graph.name}' ({self.graph.source}): inputs are {names}; "
+        if self._fingerprint() != self._structure:
+            self._ensure({})
+        names, net_outputs, final = self._facts
+        if len(inputs) != len(names) or any(n not in inputs for n in names):
+            missing = [n for n in names if n not in inputs]
+            unknown = [n for n in inputs if n not in names]
+            raise DataError(f"net '{self.graph.name}' ({self.graph.source}): inputs are "
+                            f"{list(names)}; "
                             + (f"missing {missing}" if missing else "")
                             + ("; " if missing and unknown else "")
                             + (f"not inputs: {unknown}" if unknown else ""))
-        want = list(self.graph.outputs if outputs is None else outputs)
+        want = list(net_outputs if outputs is None else outputs)
         if keep is True:
             # Only the final version of each blob is kept (in-place chains
             # are freed as they go), like Caffe's own blob memory.
-            want += [b for b in self.graph.dataflow().final if b not in want]
+            want += [b for b in final if b not in want]
         elif keep:
             want += [b for b in keep if b not in want]
+        if observers is None and not self._observers:
+            fast = self._fast_run(inputs, want)
+            if fast is not None:
+                return fast
         return self.forward(inputs, outputs=want, observers=observers)
+
+    def _fast_run(self, inputs: Mapping[str, np.ndarray], want: list[str]
+                  ) -> dict[str, np.ndarray] | None:
+        """``forward(inputs, outputs=want)`` over the whole net without
+        observers, when the inputs fit the current plan: the per-call work is
+        one cached lookup, a tuple compare per input and the step loop (the
+        general path re-derives ranges, feeds and schedules on every call,
+        which costs as much as the layers of a small net).  None: take the
+        general path (shape change, unusual graph)."""
+        plan = self._plan
+        fed = {t: _as_float32(t, inputs[t]) for t in self._facts[0]}
+        shapes = plan.input_dims
+        for t, a in fed.items():
+            if a.shape != shapes.get(t):
+                return None
+        key = tuple(want)
+        entry = plan.runs.get(key)
+        if entry is None:
+            entry = self._fast_entry(want)
+            if entry is None:
+                return None
+            plan.runs[key] = entry
+            while len(plan.runs) > _SCHEDULE_CACHE_SIZE:
+                plan.runs.popitem(last=False)
+        sched, pairs = entry
+        if _INPUT_TAPS:
+            for tap in list(_INPUT_TAPS):
+                tap(self.graph, fed)
+        values: dict[str, np.ndarray] = {}
+        adapt_threads()
+        with single_blas():
+            self._execute(sched, values, fed, [])
+        return {k: values[v] for k, v in pairs}
+
+    def _fast_entry(self, want: list[str]):
+        """(schedule, [(key, value id)]) of a whole-net run returning ``want``,
+        or None when the general path must decide (e.g. an unknown name)."""
+        steps = self._plan.steps
+        latest: dict[str, str] = {}
+        for step in steps:
+            for v in step.out_vids:
+                latest[blob_of(v)] = v
+        produced = set(latest.values()) | {v for st in steps for v in st.out_vids}
+        if any(v not in produced for st in steps for v in st.in_vids):
+            return None
+        pairs = [(k, latest.get(k, k)) for k in want]
+        if any(v not in produced for _, v in pairs):
+            return None
+        sched = self._schedule(0, len(steps) - 1, [], {v for _, v in pairs}, False, set())
+        return sched, pairs
 
     def forward(self, feeds: Mapping[str, np.ndarray], *, start: str | int | Layer | None = None,
                 end: str | int | Layer | None = None, outputs: Iterable[str] | None = None,
@@ -416,16 +489,16 @@ class Program:
     def _execute(self, sched: "opt.Schedule", values: dict[str, np.ndarray],
                  fed_inputs: dict[str, np.ndarray], entries: list[_ObserverEntry]) -> None:
         """Run a schedule, filling ``values`` (value id -> array)."""
-        for pos, step in enumerate(sched.steps):
+        call = self._call
+        for step, reuse, free in zip(sched.steps, sched.reuse, sched.free_after):
             layer = step.layer
             if step.is_input:
                 outs = [fed_inputs[t] for t in layer.tops]
             else:
-                ins = [values[v] for v in step.in_vids]
-                outs = self._call(step, ins, sched.reuse[pos])
-            for j, (v, a) in enumerate(zip(step.out_vids, outs)):
-                values[v] = a
-                if entries:
+                outs = call(step, [values[v] for v in step.in_vids], reuse)
+            if entries:
+                for j, (v, a) in enumerate(zip(step.out_vids, outs)):
+                    values[v] = a
                     b = layer.tops[j]
                     view = None
                     for e in entries:
@@ -433,7 +506,9 @@ class Program:
                             if view is None:
                                 view = _readonly(a)
                             e.fn(layer, j, b, v, view)
-            for v in sched.free_after[pos]:
+            else:
+                values.update(zip(step.out_vids, outs))
+            for v in free:
                 values.pop(v, None)
 
     def _schedule(self, i0: int, i1: int, entries: list[_ObserverEntry], kept_vids: set[str],
@@ -500,17 +575,20 @@ class Program:
             raise ExecutionError(f"{what} failed on inputs "
                                  f"{[tuple(np.shape(x)) for x in ins]}: "
                                  f"{type(e).__name__}: {e}") from e
-        outs = list(outs) if outs is not None else []
-        if len(outs) != len(layer.tops):
+        if type(outs) is not list:
+            outs = list(outs) if outs is not None else []
+        shapes = step.out_shapes
+        if len(outs) != len(shapes):
             raise ExecutionError(f"layer '{layer.name}' ({layer.type}): kernel returned "
                                  f"{len(outs)} outputs for {len(layer.tops)} tops")
         for j, a in enumerate(outs):
+            # One tuple compare per output: the contract check stays, cheaply.
             if not isinstance(a, np.ndarray):
                 outs[j] = a = np.asarray(a)
-            if a.shape != step.out_shapes[j]:
+            if a.shape != shapes[j]:
                 raise ExecutionError(f"layer '{layer.name}' ({layer.type}): top {j} "
                                      f"'{layer.tops[j]}' has shape {a.shape}, shape inference "
-                                     f"says {step.out_shapes[j]}")
+                                     f"says {shapes[j]}")
         return outs
 
 
