@@ -74,23 +74,9 @@ def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
     return np.asarray(im.resize((w, h), Image.BILINEAR), dtype=np.float32)
 
 
-def _crops(img: np.ndarray, size: int, grid: int = 3) -> list[np.ndarray]:
-    """The whole image and a grid of square crops (side = half the short edge), resized."""
-    h, w = img.shape[:2]
-    side = min(h, w) // 2
-    out = [_resize(img, size, size)]
-    for i in range(grid):
-        for j in range(grid):
-            y = (h - side) * i // max(grid - 1, 1)
-            x = (w - side) * j // max(grid - 1, 1)
-            out.append(_resize(img[y:y + side, x:x + side], size, size))
-    return out
-
-
-def _views(img: np.ndarray, h: int, w: int, grid: int = 3) -> list[np.ndarray]:
-    """The whole image and a grid of half-size crops (same aspect), resized to h x w."""
+def _grid(img: np.ndarray, ch: int, cw: int, h: int, w: int, grid: int = 3) -> list[np.ndarray]:
+    """The whole image and a grid x grid of ch x cw crops, each resized to h x w."""
     H, W = img.shape[:2]
-    ch, cw = H // 2, W // 2
     out = [_resize(img, h, w)]
     for i in range(grid):
         for j in range(grid):
@@ -98,6 +84,17 @@ def _views(img: np.ndarray, h: int, w: int, grid: int = 3) -> list[np.ndarray]:
             x = (W - cw) * j // max(grid - 1, 1)
             out.append(_resize(img[y:y + ch, x:x + cw], h, w))
     return out
+
+
+def _crops(img: np.ndarray, size: int, grid: int = 3) -> list[np.ndarray]:
+    """Square views: side = half the short edge, resized to size x size."""
+    side = min(img.shape[:2]) // 2
+    return _grid(img, side, side, size, size, grid)
+
+
+def _views(img: np.ndarray, h: int, w: int, grid: int = 3) -> list[np.ndarray]:
+    """Views of the image's own aspect: half-size crops, resized to h x w."""
+    return _grid(img, img.shape[0] // 2, img.shape[1] // 2, h, w, grid)
 
 
 def _mtcnn(batch_hwc: list[np.ndarray]) -> np.ndarray:
