@@ -16,11 +16,11 @@ The context object is typed: every pass reads the same ``PassContext``
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 import attrs
 
-from amct.ir import Graph
+from amct.ir import Graph, Layer
 
 
 @attrs.frozen
@@ -68,6 +68,13 @@ class PassContext:
     fusions: list[Fusion] = attrs.field(factory=list)
     weights_from_record: bool = False
     applied: list[str] = attrs.field(factory=list)
+
+    def record_fusion(self, kind: str, target: Layer, merged: Sequence[Layer]) -> None:
+        """Note that ``merged`` were folded into ``target`` (for quant.json and the
+        target's ``meta["fused_from"]``: its own name first, then every merged layer)."""
+        names = tuple(x.name for x in merged)
+        target.meta["fused_from"] = list(target.meta.get("fused_from", [target.name])) + list(names)
+        self.fusions.append(Fusion(kind, target.name, names))
 
 
 class Pass:

@@ -12,7 +12,7 @@ import numpy as np
 
 from amct.ir import Graph, Layer
 from amct.passes.affine import compose, layer_affine
-from amct.passes.base import Fusion, Pass, PassContext, PassResult
+from amct.passes.base import Pass, PassContext, PassResult
 from amct.passes.fuse_conv_bn_scale import set_bias_term
 from amct.passes.registry import register_pass
 
@@ -85,8 +85,6 @@ class FoldBnScaleIntoNextConv(Pass):
             conv.bottoms[0] = chain[0].bottoms[0]
             for x in chain:
                 graph.remove_layer(x)
-            merged = tuple(x.name for x in chain)
-            conv.meta["fused_from"] = list(conv.meta.get("fused_from", [conv.name])) + list(merged)
-            ctx.fusions.append(Fusion("bn_scale_conv", conv.name, merged))
+            ctx.record_fusion("bn_scale_conv", conv, chain)
             folded += 1
         return PassResult(folded > 0, {"folded": folded})

@@ -13,7 +13,7 @@ import numpy as np
 
 from amct.ir import Graph, Layer
 from amct.passes.affine import compose, layer_affine
-from amct.passes.base import Fusion, Pass, PassContext, PassResult
+from amct.passes.base import Pass, PassContext, PassResult
 from amct.passes.quantizable import WEIGHTED_TYPES, output_channels, scale_output_channels
 from amct.passes.registry import register_pass
 
@@ -75,8 +75,6 @@ class FuseConvBnScale(Pass):
             set_bias_term(layer)
             for x in chain:
                 graph.bypass(x)
-            merged = tuple(x.name for x in chain)
-            layer.meta["fused_from"] = list(layer.meta.get("fused_from", [layer.name])) + list(merged)
-            ctx.fusions.append(Fusion("conv_bn_scale", layer.name, merged))
+            ctx.record_fusion("conv_bn_scale", layer, chain)
             fused += 1
         return PassResult(fused > 0, {"fused": fused})
