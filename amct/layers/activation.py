@@ -54,6 +54,29 @@ def _sigmoid_into(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     return out
 
 
+def _slope_kernel(slope):
+    """max(x,0) + slope*min(x,0) (leaky ReLU, PReLU); ``slope`` a scalar or an
+    array broadcasting over the channel axis."""
+    if np.all((slope >= 0) & (slope <= 1)):
+        # max(x, s*x) is bit-identical to Caffe's formula for slopes in [0, 1]
+        # and needs two passes instead of four.
+        @_out_capable
+        def fast(x, out=None):
+            t = np.multiply(x, slope)
+            return np.maximum(x, t, out=t if out is None else out)
+        return fast
+
+    @_out_capable
+    def general(x, out=None):
+        # pos + neg equals Caffe's neg + pos bit for bit (addition commutes).
+        neg = np.minimum(x, f32(0))
+        neg *= slope
+        out = np.maximum(x, f32(0), out=out)
+        out += neg
+        return out
+    return general
+
+
 @register_layer
 class ReLUDef(ElementwiseDef):
     type = "ReLU"
@@ -63,23 +86,7 @@ class ReLUDef(ElementwiseDef):
         slope = f32(layer.param("relu_param").negative_slope)
         if slope == 0:
             return _out_capable(lambda x, out=None: np.maximum(x, f32(0), out=out))
-        if 0 < slope <= 1:
-            # max(x, s*x) equals Caffe's max(x,0) + s*min(x,0) exactly for s in (0, 1].
-            @_out_capable
-            def leaky(x, out=None):
-                t = np.multiply(x, slope)
-                return np.maximum(x, t, out=t if out is None else out)
-            return leaky
-
-        @_out_capable
-        def general(x, out=None):
-            # pos + neg equals Caffe's neg + pos bit for bit (addition commutes).
-            neg = np.minimum(x, f32(0))
-            neg *= slope
-            out = np.maximum(x, f32(0), out=out)
-            out += neg
-            return out
-        return general
+        return _slope_kernel(slope)
 
 
 @register_layer
@@ -135,23 +142,7 @@ class PReLUDef(ElementwiseDef):
                 raise shape_error(layer, f"needs {shape[1]} slopes, blob has {a.size}")
             a = a.reshape((shape[1],) + (1,) * (len(shape) - 2))
 
-        if np.all((a >= 0) & (a <= 1)):
-            # max(x, a*x) is bit-identical to Caffe's formula for slopes in [0, 1]
-            # and needs two passes instead of four.
-            @_out_capable
-            def prelu_fast(x, out=None):
-                t = np.multiply(x, a)
-                return np.maximum(x, t, out=t if out is None else out)
-            return prelu_fast
-
-        @_out_capable
-        def prelu(x, out=None):
-            neg = np.minimum(x, f32(0))
-            neg *= a
-            out = np.maximum(x, f32(0), out=out)
-            out += neg
-            return out
-        return prelu
+        return _slope_kernel(a)
 
 
 @register_layer
