@@ -164,6 +164,21 @@ def integer_kernel(float_kernel, name: str) -> Kernel:
 
 # ---------------------------------------------------------------- Convolution
 
+def _geometry(spec: "ConvSpec", in_shape: Shape, out_hw, what: str):
+    """Images, input and output size, and output shape of a (de)convolution.
+
+    1-D convolutions run as 2-D with height 1; ``out_hw(h, w)`` is the
+    window's conv or deconv size rule."""
+    lead = tuple(in_shape[:spec.axis])
+    spatial = tuple(in_shape[spec.axis + 1:])
+    h, w = (1, spatial[0]) if len(spatial) == 1 else spatial
+    oh, ow = out_hw(h, w)
+    if oh < 1 or ow < 1:
+        raise ShapeError(f"{what} output {oh}x{ow} from input {in_shape}")
+    out_shape = lead + (spec.num_output,) + ((ow,) if len(spatial) == 1 else (oh, ow))
+    return math.prod(lead), h, w, oh, ow, out_shape
+
+
 def _conv_kernel(spec: ConvSpec, in_shape: Shape, weight: np.ndarray, bias: np.ndarray | None,
                  dtype, epilogue=None) -> Kernel:
     """The forward function of a convolution for one input shape.
@@ -172,15 +187,8 @@ def _conv_kernel(spec: ConvSpec, in_shape: Shape, weight: np.ndarray, bias: np.n
     output right after it is written (while it is still in cache): the
     runtime's optimizer uses it to fuse a following activation."""
     win = spec.window()
-    lead = tuple(in_shape[:spec.axis])
-    nimg = math.prod(lead)
+    nimg, h, w, oh, ow, out_shape = _geometry(spec, in_shape, win.conv_out, "convolution")
     c, cout, g = spec.channels, spec.num_output, spec.group
-    spatial = tuple(in_shape[spec.axis + 1:])
-    h, w = (1, spatial[0]) if len(spatial) == 1 else spatial
-    oh, ow = win.conv_out(h, w)
-    if oh < 1 or ow < 1:
-        raise ShapeError(f"convolution output {oh}x{ow} from input {in_shape}")
-    out_shape = lead + (cout,) + ((ow,) if len(spatial) == 1 else (oh, ow))
     x4_shape = (nimg, c, h, w)
     wmat = prepared(weight, dtype)
     bcol = None if bias is None else prepared(bias, dtype)
@@ -188,7 +196,7 @@ def _conv_kernel(spec: ConvSpec, in_shape: Shape, weight: np.ndarray, bias: np.n
     if g == c == cout and g > 1:
         body = _depthwise(win, x4_shape, oh, ow, wmat.reshape(c, win.kh * win.kw), bcol, dtype,
                           epilogue)
-    elif len(spatial) == 2 and wino.applies(win, g, c, cout, dtype):
+    elif len(in_shape) - spec.axis - 1 == 2 and wino.applies(win, g, c, cout, dtype):
         # 3x3 stride-1 float convs: Winograd F(2x2, 3x3), 2.25x fewer
         # multiply-adds (float32 only; the integer path stays exact).
         body = wino.conv3x3(x4_shape, (win.ph, win.pw), oh, ow, wmat, bcol, epilogue)
@@ -409,15 +417,8 @@ def _deconv_kernel(spec: ConvSpec, in_shape: Shape, weight: np.ndarray, bias: np
                    dtype, epilogue=None) -> Kernel:
     """Deconvolution = transposed convolution: GEMM to columns, then col2im."""
     win = spec.window()
-    lead = tuple(in_shape[:spec.axis])
-    n = math.prod(lead)
+    n, h, w, oh, ow, out_shape = _geometry(spec, in_shape, win.deconv_out, "deconvolution")
     cin, cout, g = spec.channels, spec.num_output, spec.group
-    spatial = tuple(in_shape[spec.axis + 1:])
-    h, w = (1, spatial[0]) if len(spatial) == 1 else spatial
-    oh, ow = win.deconv_out(h, w)
-    if oh < 1 or ow < 1:
-        raise ShapeError(f"deconvolution output {oh}x{ow} from input {in_shape}")
-    out_shape = lead + (cout,) + ((ow,) if len(spatial) == 1 else (oh, ow))
     cing, coutg = cin // g, cout // g
     taps = win.kh * win.kw
     # Weight (Cin, Cout/g, kh, kw) -> per group the transposed matrix
