@@ -29,3 +29,20 @@ def golden_dir():
 @pytest.fixture
 def models_dir():
     return shared_or_skip("models")
+
+
+@pytest.fixture(autouse=True)
+def restore_amct_logger():
+    """``amct.cli.main()`` installs console/file handlers on the "amct" logger and
+    stops propagation; undo that after every test so later tests (caplog) still
+    see the toolkit's records."""
+    import logging
+
+    logger = logging.getLogger("amct")
+    saved = (list(logger.handlers), logger.propagate, logger.level)
+    yield
+    for h in list(logger.handlers):
+        if h not in saved[0]:
+            logger.removeHandler(h)
+            h.close()
+    logger.propagate, logger.level = saved[1], saved[2]

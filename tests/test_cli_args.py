@@ -13,20 +13,6 @@ from amct.errors import ConfigError, DataError
 from amct.log import get_logger, parse_level, setup_logging
 
 
-@pytest.fixture(autouse=True)
-def restore_amct_logger():
-    """cli.main() installs handlers on the "amct" logger and stops propagation;
-    undo that so later tests (caplog) see the toolkit's records again."""
-    logger = logging.getLogger("amct")
-    saved = (list(logger.handlers), logger.propagate, logger.level)
-    yield
-    for h in list(logger.handlers):
-        if h not in saved[0]:
-            logger.removeHandler(h)
-            h.close()
-    logger.propagate, logger.level = saved[1], saved[2]
-
-
 def own_handlers(logger):
     return [h for h in logger.handlers if getattr(h, "_amct_own_handler", False)]
 

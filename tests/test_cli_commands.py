@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -35,16 +34,8 @@ layer { name: "fc" type: "InnerProduct" bottom: "gpool" top: "fc" inner_product_
 
 @pytest.fixture(autouse=True)
 def in_tmp(tmp_path, monkeypatch):
-    """Run in a temporary cwd (amct_log/ lands there) and undo the CLI's logger set-up."""
+    """Run in a temporary cwd (amct_log/ lands there); conftest undoes the CLI's logger set-up."""
     monkeypatch.chdir(tmp_path)
-    logger = logging.getLogger("amct")
-    saved = (list(logger.handlers), logger.propagate, logger.level)
-    yield
-    for h in list(logger.handlers):
-        if h not in saved[0]:
-            logger.removeHandler(h)
-            h.close()
-    logger.propagate, logger.level = saved[1], saved[2]
 
 
 def run_json(capsys, *argv) -> dict:
