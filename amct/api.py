@@ -100,10 +100,12 @@ def build_default_config(graph: Graph, skip_layers: Sequence[str] | None = None,
                          act_algo: str = "ifmr") -> QuantConfig:
     """The config ``create_quant_config`` writes, as an object (validates the arguments).
 
-    Every quantizable layer gets AMCT's defaults with ``act_algo``, except the
+    Every quantizable layer gets AMCT's defaults with ``act_algo``, except
     head layers (a path to a net output without another quantized layer),
-    whose activation range keeps the calibration maximum: IFMR
-    ``search_range`` [1.0, 1.3], HFMG ``clip_floor`` 1.0 (docs/api.md).
+    which keep their calibration range (IFMR percentiles 1.0 and
+    ``search_range`` [1.0, 1.3]), and depthwise-fed layers, whose IFMR search
+    starts at the percentile maximum ([1.0, 1.3]); HFMG: ``clip_floor`` 1.0
+    for both (docs/api.md).
     """
     if act_algo not in ALGO_PRESETS:
         raise ConfigError(f"act_algo must be one of {', '.join(ALGO_PRESETS)}, got {act_algo!r}")

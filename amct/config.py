@@ -17,6 +17,7 @@ import numpy as np
 from amct.errors import ConfigError
 from amct.fileio import atomic_write_text
 from amct.ir import Graph
+from amct.passes.depthwise_inputs import depthwise_fed_layers
 from amct.passes.heads import head_layers
 from amct.passes.quantizable import (CHANNEL_WISE_TYPES, QUANTIZABLE_TYPES,
                                      not_quantizable_reason)
@@ -78,10 +79,10 @@ def default_layer_config(layer_type: str) -> LayerQuantConfig:
     return LayerQuantConfig(channel_wise=layer_type in CHANNEL_WISE_TYPES)
 
 
-#: The head rule (docs/api.md, "Head layers"): the activation clip of a head
-#: layer is never searched below the calibration maximum.
-HEAD_SEARCH_START = 1.0
-HEAD_CLIP_FLOOR = 1.0
+#: The default clip rules (docs/api.md, "Head layers" and "Depthwise-fed
+#: layers"): IFMR candidates start at the percentile maximum instead of 0.7 of it.
+RULE_SEARCH_START = 1.0
+RULE_CLIP_FLOOR = 1.0
 
 
 #: Calibration presets a user can ask for by name (``--algo`` / ``algo=``).
@@ -105,29 +106,55 @@ def apply_algo_preset(c: LayerQuantConfig, algo: str) -> None:
         c.act_algo = algo
 
 
-def apply_head_rule(c: LayerQuantConfig) -> None:
-    """Make ``c`` (a head layer's config) keep its calibration maximum.
+def _raise_search_start(c: LayerQuantConfig) -> bool:
+    """Start IFMR's search at the percentile maximum; False (and ``c``
+    unchanged) when the range ends at or below 1.0 + step, which can only be
+    an explicit request to clip."""
+    start, end = c.search_range
+    if end - RULE_SEARCH_START < c.search_step:
+        return False
+    if start < RULE_SEARCH_START:
+        c.search_range = (RULE_SEARCH_START, end)
+    return True
 
-    IFMR: the search range starts at 1.0 x the percentile maximum (default
-    [1.0, 1.3]); a range that ends at or below 1.0 + step is the user's
-    explicit choice to clip and is left alone.  HFMG: ``clip_floor`` 1.0.
+
+def apply_head_rule(c: LayerQuantConfig) -> None:
+    """Make ``c`` (a head layer's config) keep its calibration range.
+
+    IFMR: percentiles 1.0 and a search range from 1.0 (default [1.0, 1.3]),
+    so no calibration value is clipped; HFMG: ``clip_floor`` 1.0.
     """
     if c.act_algo == "hfmg":
-        c.clip_floor = HEAD_CLIP_FLOOR
-        return
-    start, end = c.search_range
-    if start < HEAD_SEARCH_START and end - HEAD_SEARCH_START >= c.search_step:
-        c.search_range = (HEAD_SEARCH_START, end)
+        c.clip_floor = RULE_CLIP_FLOOR
+    elif _raise_search_start(c):
+        c.max_percentile = c.min_percentile = 1.0
+
+
+def apply_depthwise_rule(c: LayerQuantConfig) -> None:
+    """Make ``c`` (a depthwise-fed layer's config) not clip below its range.
+
+    IFMR: the search range starts at 1.0 (the percentiles still drop the
+    rarest values); HFMG: ``clip_floor`` 1.0.
+    """
+    if c.act_algo == "hfmg":
+        c.clip_floor = RULE_CLIP_FLOOR
+    else:
+        _raise_search_start(c)
 
 
 def apply_head_rules(cfg: "QuantConfig", graph: Graph, keep: Iterable[str] = ()) -> list[str]:
-    """Apply the head rule to the head layers among ``cfg``'s enabled layers
-    (except those in ``keep``); returns the head layer names."""
-    heads = head_layers(graph, cfg.enabled_layers())
+    """Apply the default clip rules to ``cfg``'s enabled layers (except those
+    in ``keep``): the head rule to head layers, the depthwise rule to the
+    other depthwise-fed layers.  Returns the head layer names."""
+    enabled = cfg.enabled_layers()
+    heads = head_layers(graph, enabled)
     kept = set(keep)
     for name in heads:
         if name not in kept:
             apply_head_rule(cfg.layers[name])
+    for name in depthwise_fed_layers(graph, enabled):
+        if name not in kept and name not in heads:
+            apply_depthwise_rule(cfg.layers[name])
     return heads
 
 
@@ -409,8 +436,8 @@ def simple_config_to_quant_config(msg: amct_config_pb2.AMCTConfig, graph: Graph,
 
     Precedence per setting: override_layer_configs > override_layer_types >
     common_config > defaults; an override replaces only the algorithms it sets
-    (its arq_quantize and/or its activation algorithm).  Then the head rule
-    (``apply_head_rule``) on the head layers, except where an
+    (its arq_quantize and/or its activation algorithm).  Then the head and
+    depthwise rules (``apply_head_rules``), except where an
     override_layer_configs entry sets the activation algorithm.
     """
     chk = _Checker(path)
@@ -465,7 +492,7 @@ def simple_config_to_quant_config(msg: amct_config_pb2.AMCTConfig, graph: Graph,
             raise chk.fail(f"{where}: arq_quantize.channel_wise", f"must be false for {layer.type}")
         check_layer_values(c, where, chk)
         cfg.layers[name] = c
-    # The head rule is part of the defaults: it applies on top of
+    # The rules are part of the defaults: they apply on top of
     # common_config / override_layer_types, but a layer whose
     # override_layer_configs entry sets an activation algorithm gets exactly
     # what that entry says.

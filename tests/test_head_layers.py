@@ -96,9 +96,12 @@ def test_default_config_carries_head_rule(tmp_path) -> None:
     path = tmp_path / "config.json"
     amct.create_quant_config(str(path), model, weights)
     raw = json.loads(path.read_text())
-    assert raw["ip2"]["activation_quant_params"]["search_range"] == [1.0, 1.3]
+    assert raw["ip2"]["activation_quant_params"] == {
+        "max_percentile": 1.0, "min_percentile": 1.0, "search_range": [1.0, 1.3],
+        "search_step": 0.01}
     for name in ("conv1", "conv2", "ip1"):
         assert raw[name]["activation_quant_params"]["search_range"] == [0.7, 1.3]
+        assert raw[name]["activation_quant_params"]["max_percentile"] == 0.999999
         assert "clip_floor" not in raw[name]["activation_quant_params"]
     # Skipping the head makes ip1 the head.
     amct.create_quant_config(str(path), model, weights, skip_layers=["ip2"])
@@ -126,7 +129,9 @@ def test_simple_config_applies_head_rule(tmp_path) -> None:
     cfg_path.write_text(f"batch_num: 1\ncommon_config {{ {ifmr} }}\n")
     cfg = read_simple_config(str(cfg_path), g)
     assert cfg.layers["ip2"].search_range == (1.0, 1.3)
+    assert cfg.layers["ip2"].max_percentile == cfg.layers["ip2"].min_percentile == 1.0
     assert cfg.layers["ip1"].search_range == (0.7, 1.3)
+    assert cfg.layers["ip1"].max_percentile == 0.999999
     cfg_path.write_text("common_config { hfmg_quantize { num_of_bins: 2048 } }\n")
     cfg = read_simple_config(str(cfg_path), g)
     assert cfg.layers["ip2"].clip_floor == 1.0 and cfg.layers["ip1"].clip_floor is None
@@ -141,12 +146,18 @@ def test_simple_config_applies_head_rule(tmp_path) -> None:
 
 
 def test_apply_head_rule_keeps_explicit_clipping() -> None:
-    c = LayerQuantConfig(search_range=(0.5, 1.0))
+    c = LayerQuantConfig(search_range=(0.5, 1.0), max_percentile=0.999)
     apply_head_rule(c)
     assert c.search_range == (0.5, 1.0)        # the user asked to clip: left alone
-    c = LayerQuantConfig(search_range=(0.8, 1.5), search_step=0.05)
+    assert c.max_percentile == 0.999
+    c = LayerQuantConfig(search_range=(0.8, 1.5), search_step=0.05, max_percentile=0.999)
     apply_head_rule(c)
     assert c.search_range == (1.0, 1.5)
+    assert c.max_percentile == c.min_percentile == 1.0
+    # The minmax preset's range [1.0, 1.01) reaches one step above 1.0: kept as it is.
+    c = LayerQuantConfig(search_range=(1.0, 1.01), max_percentile=1.0, min_percentile=1.0)
+    apply_head_rule(c)
+    assert c.search_range == (1.0, 1.01)
 
 
 @pytest.mark.parametrize("act, msg", [
@@ -180,7 +191,8 @@ def test_head_factors_do_not_clip_the_calibration_max() -> None:
     xmax = float(x.max())
     scale, offset = ifmr_factors(x)                               # AMCT's default range
     assert _top(scale, offset) < 0.99 * xmax                     # the default clips the tail
-    scale, offset = ifmr_factors(x, search_range=(1.0, 1.3))      # the head rule
+    scale, offset = ifmr_factors(x, max_percentile=1.0, min_percentile=1.0,
+                                 search_range=(1.0, 1.3))        # the head rule
     assert offset == -128 and _top(scale, offset) >= xmax * (1 - 1e-6)
     plain = HfmgCollector(2, num_of_bins=1024)
     head = HfmgCollector(2, num_of_bins=1024, clip_floor=1.0)

@@ -70,7 +70,7 @@ def _config(args, graph, work: str, batches: int) -> tuple[str, int]:
         raise ConfigError("--skip-layers applies without --config; put the layers in the config "
                           "(quant_enable: false, or skip_layers in a .cfg)")
     if args.config is None:
-        # The default config per algorithm (head layers included, docs/api.md).
+        # The default config per algorithm (head and depthwise rules included, docs/api.md).
         cfg = build_default_config(graph, skip, args.batch_num or batches,
                                    act_algo=args.algo or "ifmr")
     elif args.config.lower().endswith(".json"):
