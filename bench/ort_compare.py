@@ -4,6 +4,7 @@ Usage::
 
     python bench/ort_compare.py [--models lenet det1 det2 det3 cifar10 ultraface]
                                 [--algos ifmr hfmg] [--work bench/_work/ort]
+                                [--split bench|swap|mixed]
 
 For every model, with exactly the calibration and evaluation batches (and
 preprocessing) of ``bench/accuracy.py``:
@@ -18,6 +19,11 @@ preprocessing) of ``bench/accuracy.py``:
   (a third ORT run: int8 activations with ActivationSymmetric=True),
   a ``<`` marking where ours is below the best ONNX Runtime figure.
 * LeNet: also top-1 on the 10,000 test images.
+
+``--split swap`` (calibrate on the evaluation images and the other way round)
+and ``--split mixed`` (half of every image's views or crops each way) repeat
+the comparison on other divisions of the same images, into
+``WORK/split_<split>/``: held-out checks for the default config's rules.
 
 Results: ``WORK/ort_compare.json``.  Needs ``onnx``, ``onnxruntime`` and
 ``shared/models``.
@@ -128,9 +134,27 @@ def measure_ort(name: str, case: dict, work: Path) -> dict:
     return row
 
 
-def compare_model(name: str, algos, work: Path) -> dict:
+#: Other ways to divide the bench's images between calibration and evaluation,
+#: to check that a result is not an artefact of one division (``--split``).
+SPLITS = ("bench", "swap", "mixed")
+
+
+def split_case(case: dict, split: str) -> dict:
+    """``case`` with its batches re-divided: "swap" exchanges calibration and
+    evaluation; "mixed" pools both and gives the first half of every batch
+    (an image's first views or crops) to calibration, the rest to evaluation."""
+    if split == "bench":
+        return case
+    if split == "swap":
+        return dict(case, calib=case["eval"], eval=case["calib"])
+    pooled = case["calib"] + case["eval"]
+    return dict(case, calib=[b[: len(b) // 2] for b in pooled if len(b) > 1],
+                eval=[b[len(b) // 2:] for b in pooled if len(b) > 1])
+
+
+def compare_model(name: str, algos, work: Path, split: str = "bench") -> dict:
     """ORT's INT8 and our fake-quant (each algorithm) on the same batches."""
-    case = acc.lenet_case() if name == "lenet" else acc.model_case(name)
+    case = acc.lenet_case() if name == "lenet" else split_case(acc.model_case(name), split)
     row = measure_ort(name, case, work)
     evals, labels = case["eval"], case.get("labels")
     for algo in algos:
@@ -168,6 +192,9 @@ def main(argv=None) -> int:
     ap.add_argument("--algos", nargs="+", default=["ifmr", "hfmg", "minmax"],
                     choices=["ifmr", "hfmg", "minmax"])
     ap.add_argument("--work", default=str(acc.REPO / "bench/_work/ort"))
+    ap.add_argument("--split", choices=SPLITS, default="bench",
+                    help="how the images are divided between calibration and evaluation "
+                         "(swap, mixed: held-out checks; LeNet always uses its own split)")
     args = ap.parse_args(argv)
     if not acc.MODELS.exists():
         print(f"{acc.MODELS} not found (set AMCT_SHARED)", file=sys.stderr)
@@ -175,16 +202,19 @@ def main(argv=None) -> int:
     import onnxruntime
 
     work = Path(args.work)
+    if args.split != "bench":
+        work = work / f"split_{args.split}"
+        args.models = [m for m in args.models if m != "lenet"]
     out = work / "ort_compare.json"
     report = json.loads(out.read_text()) if out.exists() else {}
     report["_meta"] = {"onnxruntime": onnxruntime.__version__,
-                       "date": time.strftime("%Y-%m-%d"),
+                       "date": time.strftime("%Y-%m-%d"), "split": args.split,
                        "ort_settings": "quantize_static QDQ, per_channel=True, weight QInt8, "
                                        "MinMax; activations " + ", ".join(ACT_TYPES)}
     print("'<': our fake-quant cosine below the better ONNX Runtime one\n")
     for name in args.models:
         t = time.perf_counter()
-        report[name] = compare_model(name, args.algos, work)
+        report[name] = compare_model(name, args.algos, work, args.split)
         _print_model(name, report[name], args.algos)
         print(f"  ({time.perf_counter() - t:.1f} s)\n")
         atomic_write_text(str(out), json.dumps(report, indent=2, default=float) + "\n")

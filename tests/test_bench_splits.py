@@ -1,0 +1,48 @@
+"""bench/ort_compare.py --split: the held-out divisions of the bench images."""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("PIL")
+pytest.importorskip("onnx")
+
+from conftest import REPO  # noqa: E402
+
+sys.path.insert(0, str(REPO / "bench"))
+from ort_compare import split_case  # noqa: E402
+
+
+def _case() -> dict:
+    # Two calibration batches of 4 and 3 inputs, one evaluation batch of 2;
+    # each input is filled with its own id so the division can be read back.
+    calib = [np.arange(0, 4).reshape(4, 1), np.arange(4, 7).reshape(3, 1)]
+    evals = [np.arange(10, 12).reshape(2, 1), np.arange(20, 21).reshape(1, 1)]
+    return {"model": "m", "weights": "w", "calib": calib, "eval": evals}
+
+
+def _ids(batches) -> list[list[int]]:
+    return [b.ravel().tolist() for b in batches]
+
+
+def test_bench_split_is_the_case_itself() -> None:
+    c = _case()
+    assert split_case(c, "bench") is c
+
+
+def test_swap_exchanges_calibration_and_evaluation() -> None:
+    s = split_case(_case(), "swap")
+    assert _ids(s["calib"]) == [[10, 11], [20]]
+    assert _ids(s["eval"]) == [[0, 1, 2, 3], [4, 5, 6]]
+    assert s["model"] == "m"
+
+
+def test_mixed_gives_each_batch_first_half_to_calibration() -> None:
+    s = split_case(_case(), "mixed")
+    # A single-input batch cannot be divided and is left out of both sides.
+    assert _ids(s["calib"]) == [[0, 1], [4], [10]]
+    assert _ids(s["eval"]) == [[2, 3], [5, 6], [11]]
+    flat = sum(_ids(s["calib"]) + _ids(s["eval"]), [])
+    assert sorted(flat) == [0, 1, 2, 3, 4, 5, 6, 10, 11]
