@@ -370,6 +370,45 @@ def test_detection_output_keep_top_k_threshold_and_empty():
                                           [0, 2, 0.8, 0.55, 0.5, 0.7, 0.7]], rtol=1e-6)
 
 
+DET_NET = """
+name: "det"
+layer { name: "loc" type: "Input" top: "loc" input_param { shape { dim: 1 dim: 12 } } }
+layer { name: "conf" type: "Input" top: "conf" input_param { shape { dim: 1 dim: 9 } } }
+layer { name: "prior" type: "Input" top: "prior" input_param { shape { dim: 1 dim: 2 dim: 12 } } }
+layer { name: "det" type: "DetectionOutput" bottom: "loc" bottom: "conf" bottom: "prior" top: "det"
+  detection_output_param { num_classes: 3 code_type: CORNER confidence_threshold: 0.3
+                           keep_top_k: 10 nms_param { nms_threshold: 0.5 } } }
+"""
+
+
+def test_detection_output_rows_follow_the_data_through_the_executor(tmp_path):
+    """The number of rows depends on the scores; one compiled program runs
+    inputs with 3, 1 and no detections (BVLC Caffe reshapes the top on every
+    forward; shape inference gives its setup shape (1, 1, 1, 7))."""
+    from amct.runtime import compile as compile_graph
+
+    proto = tmp_path / "det.prototxt"
+    proto.write_text(DET_NET)
+    g = load_caffe(str(proto))
+    assert g.infer_shapes()["det"] == (1, 1, 1, 7)
+    prog = compile_graph(g)
+    priors = _priors([[0.0, 0.0, 0.2, 0.2], [0.5, 0.5, 0.7, 0.7], [0.3, 0.0, 0.4, 0.1]])
+    loc = np.zeros((1, 12), np.float32)
+    rows = {}
+    for label, conf in {
+        "three": [[0.0, 0.9, 0.1], [0.0, 0.2, 0.8], [0.0, 0.5, 0.1]],
+        "one": [[0.0, 0.9, 0.1], [0.0, 0.1, 0.1], [0.0, 0.1, 0.1]],
+        "none": [[0.0, 0.1, 0.1], [0.0, 0.1, 0.1], [0.0, 0.1, 0.1]],
+    }.items():
+        c = np.array(conf, np.float32).reshape(1, 9)
+        rows[label] = prog.run({"loc": loc, "conf": c, "prior": priors})["det"]
+    np.testing.assert_allclose(rows["three"][0, 0], [[0, 1, 0.9, 0, 0, 0.2, 0.2],
+                                                      [0, 1, 0.5, 0.3, 0.0, 0.4, 0.1],
+                                                      [0, 2, 0.8, 0.5, 0.5, 0.7, 0.7]], rtol=1e-6)
+    np.testing.assert_allclose(rows["one"], [[[[0, 1, 0.9, 0, 0, 0.2, 0.2]]]], rtol=1e-6)
+    np.testing.assert_array_equal(rows["none"], [[[[0, -1, -1, -1, -1, -1, -1]]]])
+
+
 def _iou(a, b) -> float:
     """Scalar SSD JaccardOverlap, written out as the reference."""
     if b[0] > a[2] or b[2] < a[0] or b[1] > a[3] or b[3] < a[1]:

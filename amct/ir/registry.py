@@ -34,6 +34,10 @@ class LayerDef:
     min_blobs: ClassVar[int] = 0
     #: True for layers that have no computation at inference (Dropout, Split...).
     identity: ClassVar[bool] = False
+    #: True when the output shape depends on the input *values*
+    #: (DetectionOutput: one row per detection).  ``infer_shapes`` then gives
+    #: Caffe's setup shape, and the executor accepts any shape at run time.
+    data_dependent_shapes: ClassVar[bool] = False
 
     def infer_shapes(self, layer, in_shapes: list[Shape]) -> list[Shape]:
         raise NotImplementedError

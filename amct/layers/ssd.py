@@ -228,6 +228,7 @@ class DetectionOutputDef(LayerDef):
 
     type = "DetectionOutput"
     param_field = "detection_output_param"
+    data_dependent_shapes = True
 
     def _geometry(self, layer, in_shapes):
         need_inputs(layer, in_shapes, 3)

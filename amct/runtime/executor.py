@@ -65,6 +65,11 @@ class Step:
     def __attrs_post_init__(self):
         self.is_input = self.layer.type in INPUT_TYPES
 
+    @property
+    def dynamic(self) -> bool:
+        """The output shapes are only Caffe's setup shapes (LayerDef.data_dependent_shapes)."""
+        return self.ldef is not None and self.ldef.data_dependent_shapes
+
 
 @attrs.define(eq=False)
 class _ObserverEntry:
@@ -585,7 +590,7 @@ class Program:
             # One tuple compare per output: the contract check stays, cheaply.
             if not isinstance(a, np.ndarray):
                 outs[j] = a = np.asarray(a)
-            if a.shape != shapes[j]:
+            if a.shape != shapes[j] and not (step.dynamic and a.ndim == len(shapes[j])):
                 raise ExecutionError(f"layer '{layer.name}' ({layer.type}): top {j} "
                                      f"'{layer.tops[j]}' has shape {a.shape}, shape inference "
                                      f"says {shapes[j]}")
