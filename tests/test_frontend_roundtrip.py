@@ -14,7 +14,7 @@ import pytest
 from amct.frontends.caffe import load_caffe, prototxt_text, read_caffemodel, save_caffe
 from amct.frontends.caffe.writer import net_header
 from amct.proto import caffe_pb2
-from conftest import DATA, GOLDEN, MODELS
+from conftest import DATA, GOLDEN, MODELS, shared_or_skip
 
 
 def _local_cases() -> list[tuple[str, str | None]]:
@@ -189,3 +189,55 @@ def test_golden_shapes_equal_caffe():
             if key.startswith("blob:") and key[5:] in got:
                 assert got[key[5:]] == npz[key].shape, f"{d.name}: {key}"
     assert n > 250
+
+
+# ------------------------------------------------- OpenCV FP16 caffemodels
+def _fp16_blob(values: np.ndarray, raw_type: int = 2) -> bytes:
+    """A BlobProto as OpenCV's shrink_caffe_model writes it: shape (7), then
+    raw_data_type (10, a varint) and raw_data (12, little-endian halves)."""
+    from amct.frontends.caffe import wire
+
+    dims = b"".join(wire.encode_varint(d) for d in values.shape)
+    shape = b"\x0a" + wire.encode_varint(len(dims)) + dims            # BlobShape.dim, packed
+    raw = values.astype("<f2").tobytes()
+    return (b"\x3a" + wire.encode_varint(len(shape)) + shape
+            + b"\x50" + wire.encode_varint(raw_type)
+            + b"\x62" + wire.encode_varint(len(raw)) + raw)
+
+
+def test_opencv_fp16_blob_is_widened_to_float32():
+    from amct.frontends.caffe import wire
+
+    # Halves chosen to be exact: 1.5, -0.25, 2048, 2**-24 (the smallest subnormal).
+    vals = np.array([[1.5, -0.25], [2048.0, 2.0 ** -24]], np.float32)
+    buf = _fp16_blob(vals)
+    blob = wire.decode_blob(memoryview(buf), 0, len(buf), "b")
+    assert blob.array.dtype == np.float32
+    np.testing.assert_array_equal(blob.array, vals)
+    with pytest.raises(ValueError, match="raw_data_type 3 is not supported"):
+        wire.decode_blob(memoryview(_fp16_blob(vals, 3)), 0, len(_fp16_blob(vals, 3)), "b")
+
+
+def test_opencv_fp16_caffemodel_loads(tmp_path):
+    """A whole FP16 caffemodel (LeNet's weights written as halves) loads with
+    every weight equal to the float32 weight rounded to half precision."""
+    from amct.frontends.caffe import wire
+
+    d = shared_or_skip("models", "lenet_mnist")
+    model, weights = str(d / "mnist_deploy.prototxt"), str(d / "lenet_iter_10000.caffemodel")
+    g = load_caffe(model, weights)
+    net = caffe_pb2.NetParameter(name=g.name)
+    layers = []
+    for layer in g.layers:
+        p = layer.to_proto(with_blobs=False)
+        blobs = b"".join(b"\x3a" + wire.encode_varint(len(x)) + x
+                         for x in (_fp16_blob(w) for w in layer.blobs))
+        body = p.SerializeToString() + blobs
+        layers.append(b"\xa2\x06" + wire.encode_varint(len(body)) + body)   # field 100
+    path = tmp_path / "lenet_fp16.caffemodel"
+    path.write_bytes(net.SerializeToString() + b"".join(layers))
+    g16 = load_caffe(model, str(path))
+    for a, b in zip(g.layers, g16.layers):
+        for wa, wb in zip(a.blobs, b.blobs):
+            assert wb.dtype == np.float32
+            np.testing.assert_array_equal(wb, wa.astype(np.float16).astype(np.float32))

@@ -13,7 +13,9 @@ Field numbers used (caffe.proto): NetParameter.layer = 100, .layers = 2 (V1);
 LayerParameter.blobs = 7; V1LayerParameter.blobs = 6, .layer = 1 (V0);
 V0LayerParameter.blobs = 50; BlobProto: num..width = 1..4, data = 5, diff = 6,
 shape = 7, double_data = 8, double_diff = 9, int8_data = 10, int32_data = 11,
-uint64_data = 12; BlobShape.dim = 1.
+uint64_data = 12; BlobShape.dim = 1.  OpenCV's FP16 caffemodels reuse 10 as a
+varint (raw_data_type, FLOAT16 = 2) and 12 as raw half-float bytes; they are
+read and widened to float32.
 """
 from __future__ import annotations
 
@@ -112,6 +114,10 @@ class RawBlob:
     legacy_shape: bool = False
 
 
+#: OpenCV's caffe.proto: BlobProto.raw_data_type value for half floats.
+OPENCV_FLOAT16 = 2
+
+
 def decode_blob(buf, start: int, end: int, where: str) -> RawBlob:
     """Decode one BlobProto occupying buf[start:end]."""
     legacy = [0, 0, 0, 0]
@@ -119,6 +125,8 @@ def decode_blob(buf, start: int, end: int, where: str) -> RawBlob:
     shape: list[int] | None = None
     chunks: dict[str, list] = {}
     singles: dict[str, list] = {}
+    field12: list[tuple[int, int]] = []     # uint64_data, or OpenCV's raw_data (below)
+    raw_type: int | None = None
     for fn, wt, a, b, v, fs in iter_fields(buf, start, end):
         if 1 <= fn <= 4 and wt == WT_VARINT:
             legacy[fn - 1] = v - (1 << 64) if v >= 1 << 63 else v
@@ -153,6 +161,12 @@ def decode_blob(buf, start: int, end: int, where: str) -> RawBlob:
                 singles.setdefault("f8", []).append(a)
         elif fn == 10 and wt == WT_LEN:
             chunks.setdefault("i1", []).append(np.frombuffer(buf, np.int8, b - a, a))
+        elif fn == 10 and wt == WT_VARINT:
+            # OpenCV's compressed caffemodels (shrink_caffe_model) reuse field
+            # 10 as an enum, raw_data_type, and put the payload in field 12 as
+            # raw little-endian bytes; the varint wire type tells them apart
+            # from the Ascend int8_data bytes.
+            raw_type = v
         elif fn == 11:
             if wt == WT_LEN:
                 chunks.setdefault("i4", []).append(
@@ -162,11 +176,23 @@ def decode_blob(buf, start: int, end: int, where: str) -> RawBlob:
                     np.array([v], dtype=np.uint64).astype(np.int64).astype(np.int32))
         elif fn == 12:
             if wt == WT_LEN:
-                chunks.setdefault("u8", []).append(
-                    decode_packed_varints(np.frombuffer(buf, np.uint8, b - a, a), np.uint64))
+                field12.append((a, b))
             elif wt == WT_VARINT:
                 chunks.setdefault("u8", []).append(np.array([v], dtype=np.uint64))
         # diff (6), double_diff (9) and unknown fields are training state: skipped.
+    if raw_type is not None and field12:
+        if raw_type != OPENCV_FLOAT16:
+            raise ValueError(f"{where}: OpenCV raw_data_type {raw_type} is not supported "
+                             f"(only FLOAT16 = {OPENCV_FLOAT16}, as shrink_caffe_model writes)")
+        if any((b - a) % 2 for a, b in field12):
+            raise ValueError(f"{where}: FLOAT16 raw_data is not a whole number of 2-byte values")
+        # Widened to float32 at once: every kernel and writer works in float32.
+        chunks.setdefault("f4", []).extend(
+            np.frombuffer(buf, "<f2", (b - a) // 2, a).astype(np.float32) for a, b in field12)
+    elif field12:
+        chunks.setdefault("u8", []).extend(
+            decode_packed_varints(np.frombuffer(buf, np.uint8, b - a, a), np.uint64)
+            for a, b in field12)
     for kind, offs in singles.items():
         # Unpacked repeated floats: one 4/8-byte value after each 1-byte key.
         size = 4 if kind == "f4" else 8
