@@ -306,6 +306,37 @@ def _batch_norm(em, layer, ins, outs, in_shapes, out_shapes):
             outs, layer.name, epsilon=float(p.eps))
 
 
+@converts("PriorBox")
+def _prior_box(em, layer, ins, outs, in_shapes, out_shapes):
+    # The anchors depend only on the feature-map and image sizes, never on the
+    # values: exported as the constant our kernel computes for these shapes.
+    from amct.ir.registry import require_layer_def
+
+    kernel = require_layer_def(layer).build(layer, [tuple(s) for s in in_shapes])
+    (priors,) = kernel([np.zeros(s, np.float32) for s in in_shapes])
+    em.node("Identity", [em.const(f"{layer.name}/priors", _f32(priors))], outs, layer.name)
+
+
+@converts("Normalize")
+def _normalize(em, layer, ins, outs, in_shapes, out_shapes):
+    # SSD: x / sqrt(sum x^2 + eps) over C (or C, H, W when across_spatial), then a scale.
+    p = layer.param("norm_param")
+    nd = len(in_shapes[0])
+    axes = list(range(1, nd)) if p.across_spatial else [1]
+    sq, ssum, root, normed = (em.fresh(f"{layer.name}/{k}") for k in ("sq", "sum", "sqrt", "div"))
+    em.node("Mul", [ins[0], ins[0]], [sq], layer.name)
+    em.node("ReduceSum", [sq, em.const(f"{layer.name}/axes", np.array(axes, np.int64))], [ssum],
+            layer.name, keepdims=1)
+    eps = em.const(f"{layer.name}/eps", np.array(p.eps, np.float32))
+    em.node("Add", [ssum, eps], [ssum + "+eps"], layer.name)
+    em.node("Sqrt", [ssum + "+eps"], [root], layer.name)
+    em.node("Div", [ins[0], root], [normed], layer.name)
+    scale = _f32(layer.blobs[0])
+    if not p.channel_shared:
+        scale = scale.reshape((1, -1) + (1,) * (nd - 2))
+    em.node("Mul", [normed, em.const(f"{layer.name}/scale", scale)], outs, layer.name)
+
+
 @converts("Scale", "Bias")
 def _affine(em, layer, ins, outs, in_shapes, out_shapes):
     field = "scale_param" if layer.type == "Scale" else "bias_param"

@@ -102,6 +102,14 @@ CASES = {
                                'reshape_param { axis: 1 num_axes: 2 shape { dim: -1 } } }\n'
                                'layer { name: "fl" type: "Flatten" bottom: "c" top: "y" '
                                'flatten_param { axis: 1 end_axis: 2 } }',
+    "normalize_priorbox": 'layer { name: "n" type: "Normalize" bottom: "x" top: "n" '
+                          'norm_param { across_spatial: false channel_shared: false } }\n'
+                          'layer { name: "n2" type: "Normalize" bottom: "x" top: "m" '
+                          'norm_param { across_spatial: true channel_shared: true } }\n'
+                          'layer { name: "e" type: "Eltwise" bottom: "n" bottom: "m" top: "y" }\n'
+                          'layer { name: "pb" type: "PriorBox" bottom: "x" bottom: "x" top: "pr" '
+                          'prior_box_param { min_size: 3 max_size: 6 aspect_ratio: 2 flip: true '
+                          'clip: true variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 } }',
 }
 
 
