@@ -16,7 +16,7 @@ from conftest import shared_or_skip
 
 import amct
 from amct.frontends.caffe import load_caffe
-from amct.runtime import compile as compile_graph
+from amct.report.deploy_check import check_deploy_layers
 from amct.runtime import run
 
 
@@ -79,32 +79,12 @@ def _case(name: str):
 
 
 def assert_layerwise_deploy_matches_fake(fake_graph, deploy_graph, feeds) -> int:
-    """Each quantized layer on the *same* input: deploy == fake within 1 LSB + float rounding.
-
-    Whole-net outputs cannot meet that bound on deep nets: float rounding in
-    the fake model moves a few values across a rounding boundary of the next
-    Quant, and the one-code difference travels on.  So every Quant .. DeQuant
-    segment is run in both models on the fake model's own values.
-    """
-    fp, dp = compile_graph(fake_graph, {k: v.shape for k, v in feeds.items()}), \
-        compile_graph(deploy_graph, {k: v.shape for k, v in feeds.items()})
-    values = fp.forward(feeds, keep=True)          # every value id
-    checked = 0
-    for dq in fake_graph.layers:
-        if dq.type != "DeQuant":
-            continue
-        obj = fake_graph.layer(dq.params.dequant_param.object_layer)
-        quant = fake_graph.producer(obj, 0)[0]
-        assert quant.type == "Quant", obj.name
-        out = fake_graph.output_values(dq)[0]
-        a = fp.forward(values, start=quant.name, end=dq.name, outputs=[out])[out]
-        b = dp.forward(values, start=quant.name, end=dq.name, outputs=[out])[out]
-        deq = dq.blobs[0]
-        lsb = deq.reshape((1, -1) + (1,) * (a.ndim - 2)) if deq.size > 1 else deq[0]
-        excess = np.abs(a - b) - lsb - 1e-5 * np.abs(a).max()
-        assert (excess <= 0).all(), (obj.name, float(excess.max()))
-        checked += 1
-    return checked
+    """Each quantized layer on the *same* input: deploy == fake within 1 LSB +
+    float rounding (amct.report.deploy_check).  Returns the layers checked."""
+    checks = check_deploy_layers(fake_graph, deploy_graph, feeds)
+    bad = [(c.layer, c.max_diff_lsb) for c in checks if not c.within_bound]
+    assert not bad, bad
+    return len(checks)
 
 
 # (model, algorithm, minimum cosine fake vs fp32 per output)
@@ -154,3 +134,24 @@ def test_lenet_golden_digits_and_deploy_agreement(tmp_path) -> None:
         rec = res.record[k]
         assert np.float32(layer["scale_d"]) == np.float32(rec.scale_d)
         assert layer["offset_d"] == rec.offset_d
+
+
+def test_deploy_check_finds_a_corrupted_layer(tmp_path) -> None:
+    """The check is not vacuous: a deploy model with one int8 weight changed
+    fails at exactly that layer, by many LSBs."""
+    (model, weights), calib, feeds = _case("cifar10")
+    res = amct.quantize(str(model), str(weights), calib, str(tmp_path / "c"))
+    fake_g = load_caffe(res.outputs["fake_model"], res.outputs["fake_weights"])
+    dep_g = load_caffe(res.outputs["deploy_model"], res.outputs["deploy_weights"])
+    good = check_deploy_layers(fake_g, dep_g, feeds)
+    assert sorted(c.layer for c in good) == sorted(res.layers)
+    assert all(c.within_bound for c in good)
+    assert max(c.max_diff_lsb for c in good) <= 1.0 + 1e-3
+    w = dep_g.layer("conv2").blobs[0]
+    assert w.dtype == np.int8
+    w = w.copy()
+    w[0] = np.clip(w[0].astype(np.int16) + 40, -128, 127).astype(np.int8)
+    dep_g.layer("conv2").blobs[0] = w
+    bad = {c.layer: c for c in check_deploy_layers(fake_g, dep_g, feeds)}
+    assert not bad["conv2"].within_bound and bad["conv2"].max_diff_lsb > 10
+    assert all(c.within_bound for n, c in bad.items() if n != "conv2")
