@@ -6,6 +6,8 @@ Usage::
         [--models lenet det1 det2 det3 cifar10 ultraface]
         [--platforms TRT_INT8 ASC_INT8] [--work bench/_work/ort]
         [--split bench|swap|mixed]
+    /tmp/ppqvenv/bin/python bench/ppq_compare.py --work bench/_work/external \
+        --models res10 res10_fp16 nsfw       # after bench/external.py
 
 For every model, with exactly the calibration and evaluation batches of
 ``bench/accuracy.py``:
@@ -88,7 +90,13 @@ def _to_stderr():
 
 
 def _case(name: str, split: str = "bench") -> dict:
-    return acc.lenet_case() if name == "lenet" else split_case(acc.model_case(name), split)
+    import external
+
+    if name == "lenet":
+        return acc.lenet_case()
+    if name in external.FETCH:           # bench/external.py's models (fetched there)
+        return split_case(external.model_case(name), split)
+    return split_case(acc.model_case(name), split)
 
 
 def fp32_onnx(name: str, case: dict, work: Path) -> Path:
@@ -360,7 +368,9 @@ def _meta(platforms, summaries: dict) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+",
-                    default=["lenet", "det1", "det2", "det3", "cifar10", "ultraface"])
+                    default=["lenet", "det1", "det2", "det3", "cifar10", "ultraface"],
+                    help="also res10, res10_fp16, nsfw (bench/external.py; use "
+                         "--work bench/_work/external)")
     ap.add_argument("--platforms", nargs="+", default=PLATFORMS,
                     help="ppq TargetPlatform names (default: %(default)s)")
     ap.add_argument("--work", default=str(acc.REPO / "bench/_work/ort"))

