@@ -114,6 +114,9 @@ class OutputResult:
     #: model ("float", "fake_quant", "deploy") -> top-1 hits (labelled data only)
     hits: dict[str, int] = attrs.field(factory=dict)
     labelled: int = 0
+    #: The net output this blob is compared for, when that output's shape
+    #: depends on the data (see ``compared_outputs``); None for the output itself.
+    stands_for: str | None = None
 
     def accuracy(self, model: str) -> float | None:
         return self.hits[model] / self.labelled if self.labelled and model in self.hits else None
@@ -133,6 +136,31 @@ def _is_classifier(shape: tuple[int, ...]) -> bool:
     return len(shape) == 4 and shape[2] == 1 and shape[3] == 1 and shape[1] > 1
 
 
+def compared_outputs(graph: Graph, outputs: list[str]) -> list[tuple[str, str | None]]:
+    """``(blob, stands_for)`` to compare for each of ``outputs``.
+
+    An output whose producer has data-dependent shapes (DetectionOutput: one
+    row per detection) has no element-wise counterpart across models, as the
+    float and quantized nets keep different numbers of rows; it is compared
+    at that producer's inputs instead (the box and score tensors), each once.
+    """
+    from amct.ir.registry import get_layer_def
+
+    flow = graph.dataflow()
+    out: list[tuple[str, str | None]] = []
+    for o in outputs:
+        vid = flow.final.get(o)
+        src = flow.producer.get(vid) if vid is not None else None
+        ldef = get_layer_def(src[0].type) if src is not None else None
+        if ldef is None or not ldef.data_dependent_shapes:
+            out.append((o, None))
+            continue
+        for b in src[0].bottoms:
+            if b not in [x for x, _ in out]:
+                out.append((b, o))
+    return out
+
+
 def compare_models(float_graph: Graph, fake: Graph, deploy: Graph | None,
                    batches: Iterable[tuple[dict, np.ndarray | None]],
                    on_batch: Callable[[int], None] | None = None) -> Comparison:
@@ -149,7 +177,8 @@ def compare_models(float_graph: Graph, fake: Graph, deploy: Graph | None,
                              "has no counterpart with the same output blob")
     results = {i.name: LayerResult(i, ClipStats(*i.clip_range),
                                    deploy=PairStats() if deploy is not None else None) for i in infos}
-    outputs = [o for o in fake.outputs if o in set(ref.outputs)]
+    targets = compared_outputs(fake, [o for o in fake.outputs if o in set(ref.outputs)])
+    outputs = [b for b, _ in targets]
 
     # Where to look in the float pass: L's output, and the producer of L's input.
     out_at: dict[tuple[str, int], list[str]] = {}
@@ -194,8 +223,9 @@ def compare_models(float_graph: Graph, fake: Graph, deploy: Graph | None,
         if outs is None:
             outs = [OutputResult(o, _is_classifier(np.shape(r_float[o])),
                                  deploy=PairStats() if p_dep is not None else None,
-                                 agree_deploy=Agreement() if p_dep is not None else None)
-                    for o in outputs]
+                                 agree_deploy=Agreement() if p_dep is not None else None,
+                                 stands_for=via)
+                    for o, via in targets]
         for o in outs:
             a, b = r_float[o.name], r_fake[o.name]
             o.fake.update(a, b)

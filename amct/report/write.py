@@ -42,7 +42,7 @@ def build_report(cmp: Comparison, *, kind: str, models: dict[str, str | None], d
     outputs = []
     for o in cmp.outputs:
         outputs.append({
-            "blob": o.name, "classifier": o.classifier,
+            "blob": o.name, "classifier": o.classifier, "stands_for": o.stands_for,
             "fake_quant": o.fake.to_json(),
             "deploy": o.deploy.to_json() if o.deploy is not None else None,
             "top1_agreement": ({"fake_quant": o.agree_fake.ratio,
@@ -118,7 +118,8 @@ def markdown(report: dict) -> str:
                              if k in o["accuracy"])
         cos = _f(fq["cosine"], "{:.6f}") + (f" (deploy {_f(dp['cosine'], '{:.6f}')})" if dp else "")
         sq = _f(fq["sqnr_db"], "{:.2f}") + (f" (deploy {_f(dp['sqnr_db'], '{:.2f}')})" if dp else "")
-        lines.append(f"| `{o['blob']}` | {cos} | {sq} | {_f(fq['max_abs_error'], '{:.4g}')} | {agree} | {acc} |")
+        blob = f"`{o['blob']}`" + (f" (input of `{o['stands_for']}`)" if o.get("stands_for") else "")
+        lines.append(f"| {blob} | {cos} | {sq} | {_f(fq['max_abs_error'], '{:.4g}')} | {agree} | {acc} |")
     return "\n".join(lines) + "\n"
 
 
@@ -156,7 +157,8 @@ def summary_lines(report: dict) -> list[str]:
         out.append(f"{len(layers)} quantized layers; lowest cosine {worst['fake_quant']['cosine']:.6f} "
                    f"at '{worst['layer']}' (SQNR {_f(worst['fake_quant']['sqnr_db'], '{:.2f}')} dB)")
     for o in report["outputs"]:
-        s = f"output '{o['blob']}': cosine {_f(o['fake_quant']['cosine'], '{:.6f}')}"
+        via = f" (input of '{o['stands_for']}')" if o.get("stands_for") else ""
+        s = f"output '{o['blob']}'{via}: cosine {_f(o['fake_quant']['cosine'], '{:.6f}')}"
         if o["top1_agreement"]:
             a = o["top1_agreement"]
             s += f", top-1 agreement with float {100 * a['fake_quant']:.2f} % (fake-quant)"
