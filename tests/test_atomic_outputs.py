@@ -191,40 +191,42 @@ def test_save_model_encoder_fault_keeps_previous_outputs(previous, monkeypatch, 
 
 # ---------------------------------------------------- record during calibration
 def test_record_merge_fault_keeps_last_complete_record(monkeypatch, temp_kind, tmp_path):
-    """Calibration merges one layer's factors after another; the second merge fails halfway."""
+    """Calibration writes the factors of every layer that finished in a forward
+    pass in one merge at the end of the pass; that write fails halfway: the
+    record is the complete one from before the pass, with no temporary left."""
     cfg, rec = str(tmp_path / "config.json"), str(tmp_path / "record.txt")
     amct.create_quant_config(cfg, M, W, batch_num=1)
     g = amct.init(cfg, M, W, rec)
     amct.quantize_model(g, str(tmp_path / "m.prototxt"), str(tmp_path / "m.caffemodel"))
     net = amct.runtime.Net(str(tmp_path / "m.prototxt"), str(tmp_path / "m.caffemodel"))
-    from amct.quant import record as record_mod
 
-    states, real_merge = [], record_mod.merge_record
-
-    def merge(path, key, **fields):
-        states.append(Path(path).read_bytes())
-        return real_merge(path, key, **fields)
-
+    states, merged = [], []
     import amct.layers.calibration as cal
-    monkeypatch.setattr(cal, "merge_record", merge)
+    real_merge = cal.merge_records
+
+    def merge(path, updates):
+        states.append(Path(path).read_bytes())
+        merged.append(sorted(updates))
+        return real_merge(path, updates)
+
+    monkeypatch.setattr(cal, "merge_records", merge)
     fault = Fault(OSError(errno.EIO, "Input/output error"))
     real = fileio._writing
-    writes = []
 
     @contextlib.contextmanager
     def writing(tmp, mode):
         with real(tmp, mode) as f:
-            writes.append(tmp.path)
-            yield FaultyFile(f, tmp.path, "record.txt" if len(writes) == 2 else "-none-", fault)
+            yield FaultyFile(f, tmp.path, "record.txt", fault)
 
     monkeypatch.setattr(fileio, "_writing", writing)
     listing = sorted(os.listdir(tmp_path))
+    before = Path(rec).read_bytes()
     with pytest.raises(OutputError, match=rf"{rec}: write failed: Input/output error"):
         net.forward(data=batches(0)[0])
-    assert fault.fired_on == rec and len(states) == 2
-    assert Path(rec).read_bytes() == states[1]     # the record after the first merge, whole
-    first = read_record(rec)
-    assert sum(r.has_activation for r in first.values()) == 1
+    assert fault.fired_on == rec
+    assert merged == [["conv1", "conv2", "ip1", "ip2"]]     # one write for the whole pass
+    assert Path(rec).read_bytes() == states[0] == before    # untouched, whole
+    assert sum(r.has_activation for r in read_record(rec).values()) == 0
     assert sorted(os.listdir(tmp_path)) == listing
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from amct.errors import CalibrationError
 from amct.quant.hfmg import HfmgCollector, StreamingHistogram, hfmg_search
@@ -237,3 +239,51 @@ def test_histogram_survives_a_huge_range_jump() -> None:
     h.add(np.array([-3.0, 5.0], np.float32))          # ~2^82 times wider
     assert h.total == 4 and h.k0 * h.width <= -3.0 and (h.k0 + 1024) * h.width >= 5.0
     assert h.counts[-h.k0] == 2                        # 0 and 1e-25 share the bin at 0
+
+
+# ------------------------------------------------- IFMR's sorted runs
+def test_sorted_nonzero_by_hand() -> None:
+    from amct.quant.ifmr import sorted_nonzero
+
+    run, zeros = sorted_nonzero(np.array([[3.0, 0.0, -1.5], [-0.0, 2.0, 0.0]], np.float32))
+    np.testing.assert_array_equal(run, [-1.5, 2.0, 3.0])
+    assert zeros == 3                                   # -0.0 counts as a zero
+    run, zeros = sorted_nonzero(np.array([0.5, 0.25], np.float32))
+    np.testing.assert_array_equal(run, [0.25, 0.5])
+    assert zeros == 0
+
+
+def test_prefix_sums_by_hand() -> None:
+    from amct.quant.ifmr import BLOCK, Run
+
+    r = Run(np.array([1.0, 2.0, 4.0, 8.0], np.float32))
+    np.testing.assert_array_equal(r.prefix_sums(np.array([0, 4, 2, 2, 1, 3, 0])),
+                                  [0, 15, 3, 3, 1, 7, 0])
+    assert (r.s1, r.s2) == (15.0, 85.0)
+    # Across block edges: 1 + 2 + ... + j = j (j + 1) / 2.
+    n = 2 * BLOCK + 22
+    r = Run(np.arange(1, n + 1, dtype=np.float32))
+    j = np.array([0, 1, BLOCK - 1, BLOCK, BLOCK + 1, 2 * BLOCK, 2 * BLOCK + 2, n])
+    np.testing.assert_array_equal(r.prefix_sums(j), j * (j + 1) / 2)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.integers(-40, 40), max_size=30), min_size=1, max_size=5),
+       st.lists(st.integers(-45, 45), min_size=1, max_size=20), st.integers(1, 8))
+def test_runs_answer_like_one_sorted_array(runs, bounds, k) -> None:
+    """Counts, sums and order statistics over several sorted runs equal those
+    of all the data taken together (values on a 1/4 grid, so sums are exact)."""
+    from amct.quant.ifmr import SortedData, sorted_nonzero
+
+    arrays = [np.array(r, np.float32) / 4 for r in runs]
+    parts = [sorted_nonzero(a) for a in arrays]
+    data = SortedData([p[0] for p in parts], sum(p[1] for p in parts))
+    allv = np.sort(np.concatenate(arrays))
+    b = np.array(bounds, np.float64) / 4 + 0.125
+    counts, sums = data.below(b)
+    np.testing.assert_array_equal(counts, [(allv < x).sum() for x in b])
+    np.testing.assert_array_equal(sums, [allv[allv < x].astype(np.float64).sum() for x in b])
+    assert data.n == allv.size
+    if k <= allv.size:
+        assert data.kth_smallest(k) == allv[k - 1]
+        assert data.kth_largest(k) == allv[-k]

@@ -21,9 +21,10 @@ import numpy as np
 from amct.errors import CalibrationError
 from amct.ir.registry import Kernel, LayerDef, Shape, register_layer
 from amct.layers._common import need_inputs
+from amct.layers._deferred import after_forward
 from amct.quant.hfmg import HfmgCollector
 from amct.quant.ifmr import IfmrCollector
-from amct.quant.record import merge_record
+from amct.quant.record import merge_record, merge_records
 
 _STATE = "calibration_state"
 
@@ -78,11 +79,28 @@ def _objects(layer, names) -> list[str]:
     return objs
 
 
+# record path -> key -> fields, for the layers that finished in this pass.
+_PENDING: dict[str, dict[str, dict]] = {}
+
+
+def _flush(path: str) -> None:
+    updates = _PENDING.pop(path, {})
+    if updates:
+        merge_records(path, updates)
+
+
 def _write_activation(path: str, objects: list[str]):
     def done(state: _Calibration, shape: Shape) -> None:
-        scale_d, offset_d = state.collector.compute()
-        for key in objects:
-            merge_record(path, key, scale_d=scale_d, offset_d=offset_d, **input_geometry(shape))
+        def finish() -> None:
+            scale_d, offset_d = state.collector.compute()
+            for key in objects:
+                _PENDING.setdefault(path, {})[key] = dict(
+                    scale_d=scale_d, offset_d=offset_d, **input_geometry(shape))
+        # At the end of this forward pass: by then the background sort of
+        # the last batch (IFMR) has run beside the later layers, and every
+        # layer that finished in the pass goes into one write of the record.
+        after_forward(finish)
+        after_forward(lambda: _flush(path), final_key=("record", path))
     return done
 
 

@@ -2,8 +2,8 @@
 
 The search evaluates ~60 clip candidates.  Running the quantize/dequantize
 round trip over every value for every candidate costs 60 passes over the data
-(hundreds of millions of values on ResNet-50).  Instead the data is sorted
-once and every candidate's loss is read off prefix sums:
+(hundreds of millions of values on ResNet-50).  Instead each batch is sorted
+as it arrives and every candidate's loss is read off prefix sums:
 
 For a candidate with scale ``s`` and clip range ``[lo, hi]`` the quantized
 value of ``x`` is ``q(x)·s`` with integer levels ``q`` from ``qlo =
@@ -17,12 +17,15 @@ change the loss.)  With ``j_q`` the number of values below boundary
     n·loss = Σx² − 2s·(qhi·Σx − Σ_q S1(j_q)) + s²·(qhi²·n − Σ_q (2q+1)·j_q)
 
 (the sums over q run over the boundaries qlo..qhi−1).  That is one
-``searchsorted`` of ~256 boundaries per candidate: the cost is one sort of
-the data.  Exact zeros (half of every post-ReLU tensor) quantize without
+``searchsorted`` of ~256 boundaries per candidate and batch, and the prefix
+sums are needed only at those positions (one segment-sum pass per batch):
+the cost is one sort of the data.  Exact zeros (half of every post-ReLU tensor) quantize without
 error under every candidate (0 is inside every clip range), so they are only
 counted, never stored or sorted.
 """
 from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -42,32 +45,117 @@ def _candidates(search_range: tuple[float, float], search_step: float) -> np.nda
     return np.arange(start, end, float(search_step), dtype=np.float64)
 
 
+#: Values per block of a run's block prefix sums (``Run``): a boundary's
+#: prefix sum is a block total plus at most BLOCK - 1 values.
+BLOCK = 64
+
+
+def sorted_nonzero(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """``(sorted non-zero values of x, number of zeros)``; ``x`` is not modified."""
+    return _strip_zeros(np.sort(np.asarray(x, dtype=np.float32).reshape(-1)))
+
+
+def _strip_zeros(a: np.ndarray) -> tuple[np.ndarray, int]:
+    """Sorted ``a`` without its run of zeros (-0.0 included: it quantizes to
+    0), and how many there were.  Sorting first and cutting the run out is
+    cheaper than a boolean mask (numpy's float sort is SIMD; a masked gather
+    is not)."""
+    lo = int(np.searchsorted(a, np.float32(0.0), side="left"))
+    hi = int(np.searchsorted(a, np.float32(0.0), side="right"))
+    if lo == hi:
+        return a, 0
+    if lo == 0:
+        return a[hi:].copy(), hi               # a copy, so the zeros' memory is freed
+    return np.concatenate((a[:lo], a[hi:])), hi - lo
+
+
+class Run:
+    """One batch's non-zero values, sorted, with what every search needs of
+    them precomputed in one pass: the sum, the sum of squares and the float64
+    prefix sums at every BLOCK-th value."""
+
+    def __init__(self, values: np.ndarray):
+        self.values = values
+        n = values.size
+        nb = n // BLOCK
+        self.blocks = np.zeros(nb + 1, dtype=np.float64)       # sum of values[:k*BLOCK]
+        if nb:
+            np.cumsum(np.add.reduceat(values[:nb * BLOCK], np.arange(0, nb * BLOCK, BLOCK),
+                                      dtype=np.float64), out=self.blocks[1:])
+        tail = float(np.add.reduce(values[nb * BLOCK:], dtype=np.float64))
+        self.s1 = float(self.blocks[-1]) + tail
+        self.s2 = float(np.einsum("i,i->", values, values, dtype=np.float64))
+
+    def prefix_sums(self, j: np.ndarray) -> np.ndarray:
+        """``sum(values[:j_i])`` for every ``j_i`` in [0, n], in float64."""
+        start = (j // BLOCK) * BLOCK
+        length = j - start
+        out = self.blocks[j // BLOCK].copy()
+        total = int(length.sum())
+        if total:
+            # The partial blocks, gathered into one array and summed per boundary.
+            nz = length > 0
+            ends = np.cumsum(length[nz])
+            offs = ends - length[nz]
+            idx = np.arange(total) + np.repeat(start[nz] - offs, length[nz])
+            out[nz] += np.add.reduceat(self.values[idx], offs, dtype=np.float64)
+        return out
+
+
+def _make_run(a: np.ndarray) -> tuple[Run, int]:
+    """Sort ``a`` in place (the caller gives it away) and build its Run."""
+    a.sort()
+    values, n_zero = _strip_zeros(a)
+    return Run(values), n_zero
+
+
 class SortedData:
-    """Calibration values in sorted form: non-zero values sorted, zeros counted."""
+    """Calibration values as sorted runs (one per batch): non-zeros sorted, zeros counted.
 
-    def __init__(self, nonzero: np.ndarray, n_zero: int):
-        self.values = np.sort(nonzero.astype(np.float32, copy=False))
+    The runs are never merged: the loss only needs, at ~256 boundaries per
+    candidate, how many values lie below and their sum, and a few order
+    statistics for the percentiles.  Both add up over runs, so a merge sort
+    of all the data would be wasted work.
+    """
+
+    def __init__(self, runs: list[np.ndarray | Run] | np.ndarray, n_zero: int = 0):
+        if isinstance(runs, np.ndarray):       # one unsorted array of non-zeros
+            runs = [np.sort(runs.astype(np.float32, copy=False).reshape(-1))]
+        self.runs = [r if isinstance(r, Run) else Run(r) for r in runs if r is not None]
+        self.runs = [r for r in self.runs if r.values.size]
         self.n_zero = int(n_zero)
-        self.n = self.values.size + self.n_zero
-        self.n_neg = int(np.searchsorted(self.values, np.float32(0.0), side="left"))
-        # Prefix sums in float64 with a leading 0: S1[j] = sum of the j smallest non-zeros.
-        self.s1 = np.empty(self.values.size + 1, dtype=np.float64)
-        self.s1[0] = 0.0
-        np.cumsum(self.values, dtype=np.float64, out=self.s1[1:])
-        self.s2 = float(np.einsum("i,i->", self.values, self.values, dtype=np.float64))
+        self.n = sum(r.values.size for r in self.runs) + self.n_zero
+        self.s1_total = sum(r.s1 for r in self.runs)
+        self.s2 = sum(r.s2 for r in self.runs)
 
-    def at_rank(self, i: int) -> float:
-        """The i-th smallest value (0-based) of all data, zeros included."""
-        if i < self.n_neg:
-            return float(self.values[i])
-        if i < self.n_neg + self.n_zero:
-            return 0.0
-        return float(self.values[i - self.n_zero])
+    def kth_smallest(self, k: int) -> float:
+        """The k-th smallest value (1-based) of all data, zeros included."""
+        return self._kth(k, largest=False)
 
-    def count_below(self, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """For boundaries ``b``: (number of values < b, index into ``s1``)."""
-        j = np.searchsorted(self.values, b.astype(np.float32), side="left")
-        return j + np.where(b > 0, self.n_zero, 0), j
+    def kth_largest(self, k: int) -> float:
+        """The k-th largest value (1-based) of all data, zeros included."""
+        return self._kth(k, largest=True)
+
+    def _kth(self, k: int, largest: bool) -> float:
+        # Only the k extreme values of each run can be among the k extreme
+        # values overall; zeros join as k (or fewer) explicit zeros.
+        parts = [r.values[-k:] if largest else r.values[:k] for r in self.runs]
+        parts.append(np.zeros(min(k, self.n_zero), dtype=np.float32))
+        cand = np.sort(np.concatenate(parts))
+        return float(cand[-k] if largest else cand[k - 1])
+
+    def below(self, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For boundaries ``b``: (number of values < b, float64 sum of those values)."""
+        # Sorted distinct needles: numpy's searchsorted then narrows each
+        # search with the previous answer.
+        ub, inv = np.unique(b.astype(np.float32).ravel(), return_inverse=True)
+        counts = np.where(ub > 0, self.n_zero, 0).astype(np.int64)
+        sums = np.zeros(ub.shape, dtype=np.float64)
+        for r in self.runs:
+            j = np.searchsorted(r.values, ub, side="left")
+            counts += j
+            sums += r.prefix_sums(j)
+        return counts[inv].reshape(b.shape), sums[inv].reshape(b.shape)
 
 
 def ifmr_losses(data: SortedData, scales: np.ndarray, lo: np.ndarray,
@@ -80,10 +168,10 @@ def ifmr_losses(data: SortedData, scales: np.ndarray, lo: np.ndarray,
     q = qlo[:, None] + steps[None, :]                        # boundary of level q and q+1
     valid = q < qhi[:, None]
     bounds = (q + 0.5) * scales[:, None]
-    counts, idx = data.count_below(np.where(valid, bounds, 0.0).ravel())
+    counts, sums = data.below(np.where(valid, bounds, 0.0).ravel())
     counts = np.where(valid, counts.reshape(q.shape), 0).astype(np.float64)
-    s1 = np.where(valid, data.s1[idx].reshape(q.shape), 0.0)
-    s1_total = data.s1[-1]
+    s1 = np.where(valid, sums.reshape(q.shape), 0.0)
+    s1_total = data.s1_total
     cross = qhi * s1_total - s1.sum(axis=1)
     square = qhi * qhi * data.n - ((2.0 * q + 1.0) * counts).sum(axis=1)
     total = data.s2 - 2.0 * scales * cross + scales * scales * square
@@ -97,8 +185,8 @@ def ifmr_search(data: SortedData, with_offset: bool, search_range: tuple[float, 
     n = data.n
     if n == 0:
         raise CalibrationError("IFMR: no calibration data")
-    vmax = max(data.at_rank(n - _percentile_k(n, max_percentile)), 0.0)
-    vmin = min(data.at_rank(_percentile_k(n, min_percentile) - 1), 0.0)
+    vmax = max(data.kth_largest(_percentile_k(n, max_percentile)), 0.0)
+    vmin = min(data.kth_smallest(_percentile_k(n, min_percentile)), 0.0)
     if not with_offset:
         vmax = max(abs(vmax), abs(vmin))
     cands = _candidates(search_range, search_step) * vmax
@@ -127,17 +215,35 @@ def ifmr_factors(x: np.ndarray, with_offset: bool = True,
                  max_percentile: float = 0.999999,
                  min_percentile: float = 0.999999) -> tuple[float, int]:
     """IFMR over one array holding all calibration data."""
-    flat = np.asarray(x, dtype=np.float32).reshape(-1)
-    nz = flat[flat != 0]
-    return ifmr_search(SortedData(nz, flat.size - nz.size), with_offset, search_range,
+    run, n_zero = _make_run(np.array(x, dtype=np.float32).reshape(-1))
+    return ifmr_search(SortedData([run], n_zero), with_offset, search_range,
                        search_step, max_percentile, min_percentile)
+
+
+_SORTER: ThreadPoolExecutor | None = None
+
+
+def _sorter() -> ThreadPoolExecutor:
+    """One background thread that sorts the collected batches.
+
+    numpy releases the GIL while it sorts, and the runtime's forward pass
+    leaves part of a second core idle (its GEMMs run single-threaded), so a
+    batch is sorted while the next layers run.  One worker: more would only
+    compete with the forward pass on a small machine.
+    """
+    global _SORTER
+    if _SORTER is None:
+        _SORTER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="amct-ifmr")
+    return _SORTER
 
 
 class IfmrCollector:
     """Accumulates ``batch_num`` batches of one layer input, then runs IFMR.
 
-    Stores the non-zero values of every batch (float32) and the number of
-    zeros; memory therefore grows with batch_num (use HFMG to bound it).
+    Keeps every batch: a copy is taken as it arrives and sorted in a
+    background thread, after which only its non-zero values (float32) and
+    the number of zeros remain; memory therefore grows with batch_num (use
+    HFMG to bound it).
     """
 
     def __init__(self, batch_num: int, with_offset: bool = True,
@@ -157,8 +263,7 @@ class IfmrCollector:
         self.min_percentile = float(min_percentile)
         self.name = name
         self.batches = 0
-        self._chunks: list[np.ndarray] = []
-        self._zeros = 0
+        self._chunks: list = []          # futures of (sorted non-zeros, zero count)
 
     @property
     def done(self) -> bool:
@@ -174,18 +279,17 @@ class IfmrCollector:
         if not np.isfinite(flat.max(initial=0.0)) or not np.isfinite(flat.min(initial=0.0)):
             raise CalibrationError(f"{self.name}: calibration input of batch {self.batches + 1} "
                                    "contains NaN or Inf")
-        nz = flat[flat != 0]
-        self._zeros += flat.size - nz.size
-        self._chunks.append(nz)
+        # The copy is the only synchronous work: the runtime may reuse the
+        # input's buffer once the forward pass moves on.
+        self._chunks.append(_sorter().submit(_make_run, np.array(flat, dtype=np.float32)))
         self.batches += 1
 
     def compute(self) -> tuple[float, int]:
         """``(scale_d, offset_d)`` over everything collected; frees the data."""
         if self.batches == 0:
             raise CalibrationError(f"{self.name}: no batch was collected")
-        nz = np.concatenate(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
+        parts = [f.result() for f in self._chunks]
         self._chunks = []
-        data = SortedData(nz, self._zeros)
-        del nz
+        data = SortedData([run for run, _ in parts], sum(z for _, z in parts))
         return ifmr_search(data, self.with_offset, self.search_range, self.search_step,
                            self.max_percentile, self.min_percentile)

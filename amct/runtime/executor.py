@@ -25,6 +25,7 @@ from amct.errors import AmctError, DataError, GraphError, ShapeError, Unsupporte
 from amct.ir.graph import INPUT_TYPES, Graph, blob_of
 from amct.ir.layer import Layer
 from amct.ir.registry import Kernel, LayerDef, Shape, require_layer_def
+from amct.layers._deferred import deferred_scope
 from amct.layers._im2col import adapt_threads, single_blas
 from amct.runtime import optimize as opt
 
@@ -494,6 +495,11 @@ class Program:
     def _execute(self, sched: "opt.Schedule", values: dict[str, np.ndarray],
                  fed_inputs: dict[str, np.ndarray], entries: list[_ObserverEntry]) -> None:
         """Run a schedule, filling ``values`` (value id -> array)."""
+        with deferred_scope():
+            self._execute_steps(sched, values, fed_inputs, entries)
+
+    def _execute_steps(self, sched: "opt.Schedule", values: dict[str, np.ndarray],
+                       fed_inputs: dict[str, np.ndarray], entries: list[_ObserverEntry]) -> None:
         call = self._call
         for step, reuse, free in zip(sched.steps, sched.reuse, sched.free_after):
             layer = step.layer
