@@ -334,7 +334,13 @@ def main(argv=None) -> int:
     out = work / "ort_compare.json"
     report = json.loads(out.read_text()) if out.exists() else {}
     for name in args.models:
-        report[name] = run_model(name, models_dir, work, not args.no_ort, args.split)
+        row = run_model(name, models_dir, work, not args.no_ort, args.split)
+        if args.no_ort:
+            # Keep the ONNX Runtime figures of an earlier run beside the new ones.
+            old = report.get(name, {}).get("outputs", {})
+            for b, cos in row["outputs"].items():
+                cos.update({k: v for k, v in old.get(b, {}).items() if k.startswith("ort_")})
+        report[name] = row
         _print(name, report[name])
         atomic_write_text(str(out), json.dumps(report, indent=2, default=float) + "\n")
     print(f"results: {out}")
