@@ -287,3 +287,25 @@ def test_runs_answer_like_one_sorted_array(runs, bounds, k) -> None:
     if k <= allv.size:
         assert data.kth_smallest(k) == allv[k - 1]
         assert data.kth_largest(k) == allv[-k]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_ifmr_collector_works_in_a_forked_child() -> None:
+    """The background sorter is per process: a child forked after the parent
+    used it gets its own thread instead of waiting forever."""
+    import multiprocessing as mp
+
+    x = np.linspace(-1, 3, 1001, dtype=np.float32)
+    c = IfmrCollector(1)
+    c.update(x)
+    want = c.compute()
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply_async(_collect_in_child, (x,)).get(timeout=20)
+    assert got == want
+
+
+def _collect_in_child(x):
+    c = IfmrCollector(1)
+    c.update(x)
+    return c.compute()

@@ -25,6 +25,7 @@ counted, never stored or sorted.
 """
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -221,6 +222,7 @@ def ifmr_factors(x: np.ndarray, with_offset: bool = True,
 
 
 _SORTER: ThreadPoolExecutor | None = None
+_SORTER_PID = 0
 
 
 def _sorter() -> ThreadPoolExecutor:
@@ -231,9 +233,11 @@ def _sorter() -> ThreadPoolExecutor:
     batch is sorted while the next layers run.  One worker: more would only
     compete with the forward pass on a small machine.
     """
-    global _SORTER
-    if _SORTER is None:
+    global _SORTER, _SORTER_PID
+    # A forked child inherits the executor but not its thread: make a new one.
+    if _SORTER is None or _SORTER_PID != os.getpid():
         _SORTER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="amct-ifmr")
+        _SORTER_PID = os.getpid()
     return _SORTER
 
 
