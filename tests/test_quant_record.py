@@ -1,6 +1,8 @@
 """Record file I/O: format, determinism, merging and validation messages."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -87,3 +89,29 @@ def test_duplicate_and_missing_keys(tmp_path) -> None:
         read_record(str(p))
     with pytest.raises(RecordError, match="does not exist"):
         read_record(str(tmp_path / "none.txt"))
+
+
+def test_merges_after_write_and_outside_edits_stay_consistent(tmp_path) -> None:
+    """merge_records reuses what this process wrote last, but never a stale
+    copy: the file always equals a fresh rendering of its parsed content."""
+    from amct.quant.record import merge_records, record_text, write_record
+
+    p = str(tmp_path / "r.txt")
+    write_record(p, {"b": LayerRecord(scale_w=np.array([0.5, 0.25]), offset_w=[0, 0]),
+                     "a": LayerRecord(scale_w=np.array([1.0]), offset_w=[0])})
+    merge_records(p, {"a": {"scale_d": 0.125, "offset_d": -3}, "c": {"scale_d": 2.0,
+                                                                     "offset_d": 0}})
+    text = open(p).read()
+    assert text == record_text(read_record(p))
+    assert list(read_record(p)) == ["a", "b", "c"]
+    assert read_record(p)["a"].scale_d == 0.125 and read_record(p)["a"].scale_w[0] == 1.0
+    # Someone else rewrites the file (same size even): the next merge reads it.
+    edited = text.replace('key: "c"', 'key: "d"')
+    assert len(edited) == len(text)
+    with open(p + ".tmp", "w") as f:
+        f.write(edited)
+    os.replace(p + ".tmp", p)
+    merge_records(p, {"b": {"scale_d": 4.0, "offset_d": 1}})
+    recs = read_record(p)
+    assert sorted(recs) == ["a", "b", "d"] and recs["b"].scale_d == 4.0
+    assert open(p).read() == record_text(recs)

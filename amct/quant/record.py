@@ -141,7 +141,14 @@ def write_record(path: str, records: dict[str, LayerRecord]) -> None:
     """Validate and write ``records`` atomically (keys sorted)."""
     for key, rec in records.items():
         validate_record(rec, path, key)
-    atomic_write_text(path, record_text(records))
+    texts = {k: _entry_text(k, r) for k, r in records.items()}
+    cache_key = os.path.realpath(path)
+    _MERGE_CACHE.pop(cache_key, None)
+    atomic_write_text(path, "".join(texts[k] for k in sorted(records)))
+    # The calibration that usually follows merges into this file: spare it
+    # the parse (entries are copied, as the caller keeps its dict).
+    _MERGE_CACHE[cache_key] = (_signature(path), {k: attrs.evolve(r) for k, r in records.items()},
+                               texts)
 
 
 def create_empty_record(path: str) -> None:
