@@ -113,9 +113,13 @@ def test_ifmr_collector_equals_one_shot_and_ignores_extra_batches() -> None:
 def test_ifmr_collector_errors() -> None:
     with pytest.raises(CalibrationError, match="batch_num"):
         IfmrCollector(0)
-    c = IfmrCollector(1, name="layer 'x'")
-    with pytest.raises(CalibrationError, match="layer 'x'.*NaN"):
-        c.update(np.array([1.0, np.nan], np.float32))
+    # A NaN/Inf is found by the batch's sort and reported with the factors.
+    for bad in (np.nan, np.inf, -np.inf):
+        c = IfmrCollector(1, name="layer 'x'")
+        c.update(np.array([1.0, bad, 0.0], np.float32))
+        with pytest.raises(CalibrationError, match="layer 'x': calibration input of batch 1 "
+                                                   "contains NaN or Inf"):
+            c.compute()
     with pytest.raises(CalibrationError, match="no batch"):
         IfmrCollector(1).compute()
 

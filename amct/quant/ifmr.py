@@ -106,9 +106,15 @@ class Run:
         return out
 
 
-def _make_run(a: np.ndarray) -> tuple[Run, int]:
-    """Sort ``a`` in place (the caller gives it away) and build its Run."""
+def _make_run(a: np.ndarray, where: str = "IFMR") -> tuple[Run, int]:
+    """Sort ``a`` in place (the caller gives it away) and build its Run.
+
+    Sorting also finds non-finite values for free: NaN and +Inf end up last,
+    -Inf first.
+    """
     a.sort()
+    if a.size and not (np.isfinite(a[0]) and np.isfinite(a[-1])):
+        raise CalibrationError(f"{where} contains NaN or Inf")
     values, n_zero = _strip_zeros(a)
     return Run(values), n_zero
 
@@ -280,15 +286,12 @@ class IfmrCollector:
         """Add one batch (ignored once ``batch_num`` batches were seen)."""
         if self.done:
             return
-        flat = np.asarray(x).reshape(-1)
-        if flat.dtype != np.float32:
-            flat = flat.astype(np.float32)
-        if not np.isfinite(flat.max(initial=0.0)) or not np.isfinite(flat.min(initial=0.0)):
-            raise CalibrationError(f"{self.name}: calibration input of batch {self.batches + 1} "
-                                   "contains NaN or Inf")
         # The copy is the only synchronous work: the runtime may reuse the
-        # input's buffer once the forward pass moves on.
-        self._chunks.append(_sorter().submit(_make_run, np.array(flat, dtype=np.float32)))
+        # input's buffer once the forward pass moves on.  A NaN/Inf is found
+        # by the sort and reported when the factors are computed.
+        where = f"{self.name}: calibration input of batch {self.batches + 1}"
+        self._chunks.append(_sorter().submit(
+            _make_run, np.array(x, dtype=np.float32).reshape(-1), where))
         self.batches += 1
 
     def compute(self) -> tuple[float, int]:
