@@ -81,8 +81,8 @@ class Run:
         nb = n // BLOCK
         self.blocks = np.zeros(nb + 1, dtype=np.float64)       # sum of values[:k*BLOCK]
         if nb:
-            np.cumsum(np.add.reduceat(values[:nb * BLOCK], np.arange(0, nb * BLOCK, BLOCK),
-                                      dtype=np.float64), out=self.blocks[1:])
+            np.cumsum(values[:nb * BLOCK].reshape(nb, BLOCK).sum(axis=1, dtype=np.float64),
+                      out=self.blocks[1:])
         tail = float(np.add.reduce(values[nb * BLOCK:], dtype=np.float64))
         self.s1 = float(self.blocks[-1]) + tail
         self.s2 = float(np.einsum("i,i->", values, values, dtype=np.float64))
