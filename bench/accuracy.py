@@ -156,6 +156,32 @@ def model_case(name: str) -> dict:
     raise SystemExit(f"unknown model {name!r}")
 
 
+#: Other ways to divide the bench's images between calibration and evaluation,
+#: to check that a result is not an artefact of one division (``--split``).
+SPLITS = ("bench", "swap", "mixed")
+
+
+def split_case(case: dict, split: str) -> dict:
+    """``case`` with its batches re-divided: "swap" exchanges calibration and
+    evaluation; "mixed" pools both and gives the first half of every batch
+    (an image's first views or crops) to calibration, the rest to evaluation."""
+    if split == "bench":
+        return case
+    if split == "swap":
+        return dict(case, calib=case["eval"], eval=case["calib"])
+    pooled = case["calib"] + case["eval"]
+    return dict(case, calib=[b[: len(b) // 2] for b in pooled if len(b) > 1],
+                eval=[b[len(b) // 2:] for b in pooled if len(b) > 1])
+
+
+def split_work(work: Path, split: str, models: list[str]) -> tuple[Path, list[str]]:
+    """The work folder of a run on ``split`` (WORK/split_<split>/ unless the
+    bench split) and the models it covers (LeNet has a split of its own)."""
+    if split == "bench":
+        return work, models
+    return work / f"split_{split}", [m for m in models if m != "lenet"]
+
+
 # ------------------------------------------------------------ per layer
 def layer_table(float_graph, fake_graph, quant_info: dict, batches: list[np.ndarray]) -> dict:
     """scale_d, offset_d, clip ratio and float-vs-fake cosine of every quantized layer."""

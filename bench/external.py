@@ -225,10 +225,9 @@ def matched_detections(ref: list[np.ndarray], got: list[np.ndarray],
 def run_model(name: str, models_dir: Path, work: Path, with_ort: bool,
               split: str = "bench") -> dict:
     import amct
-    import ort_compare as oc
     from amct.frontends.caffe import load_caffe
 
-    case = oc.split_case(model_case(name, models_dir), split)
+    case = acc.split_case(model_case(name, models_dir), split)
     compare, det = case["compare"], case["detections"]
     t0 = time.perf_counter()
     res = amct.quantize(str(case["model"]), str(case["weights"]), case["calib"],
@@ -315,7 +314,7 @@ def main(argv=None) -> int:
     ap.add_argument("--fetch", action="store_true", help="download and extract the models")
     ap.add_argument("--no-ort", action="store_true", help="skip ONNX Runtime")
     ap.add_argument("--work", default=str(WORK))
-    ap.add_argument("--split", choices=("bench", "swap", "mixed"), default="bench",
+    ap.add_argument("--split", choices=acc.SPLITS, default="bench",
                     help="the division of the images (bench/ort_compare.py --split)")
     args = ap.parse_args(argv)
     work = Path(args.work)
@@ -329,8 +328,7 @@ def main(argv=None) -> int:
         print(f"not fetched: {', '.join(missing)} (run with --fetch first)", file=sys.stderr)
         return 2
     models_dir = work
-    if args.split != "bench":
-        work = work / f"split_{args.split}"
+    work, _ = acc.split_work(work, args.split, args.models)
     out = work / "ort_compare.json"
     report = json.loads(out.read_text()) if out.exists() else {}
     for name in args.models:

@@ -41,6 +41,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import accuracy as acc  # noqa: E402  (the bench's data and flow, not re-implemented)
+from accuracy import SPLITS, split_case, split_work  # noqa: E402
 from onnx_export import export_onnx, max_abs_diff  # noqa: E402
 
 from amct.fileio import atomic_write_bytes, atomic_write_text  # noqa: E402
@@ -134,24 +135,6 @@ def measure_ort(name: str, case: dict, work: Path) -> dict:
     return row
 
 
-#: Other ways to divide the bench's images between calibration and evaluation,
-#: to check that a result is not an artefact of one division (``--split``).
-SPLITS = ("bench", "swap", "mixed")
-
-
-def split_case(case: dict, split: str) -> dict:
-    """``case`` with its batches re-divided: "swap" exchanges calibration and
-    evaluation; "mixed" pools both and gives the first half of every batch
-    (an image's first views or crops) to calibration, the rest to evaluation."""
-    if split == "bench":
-        return case
-    if split == "swap":
-        return dict(case, calib=case["eval"], eval=case["calib"])
-    pooled = case["calib"] + case["eval"]
-    return dict(case, calib=[b[: len(b) // 2] for b in pooled if len(b) > 1],
-                eval=[b[len(b) // 2:] for b in pooled if len(b) > 1])
-
-
 def compare_model(name: str, algos, work: Path, split: str = "bench") -> dict:
     """ORT's INT8 and our fake-quant (each algorithm) on the same batches."""
     case = acc.lenet_case() if name == "lenet" else split_case(acc.model_case(name), split)
@@ -201,10 +184,7 @@ def main(argv=None) -> int:
         return 2
     import onnxruntime
 
-    work = Path(args.work)
-    if args.split != "bench":
-        work = work / f"split_{args.split}"
-        args.models = [m for m in args.models if m != "lenet"]
+    work, args.models = split_work(Path(args.work), args.split, args.models)
     out = work / "ort_compare.json"
     report = json.loads(out.read_text()) if out.exists() else {}
     report["_meta"] = {"onnxruntime": onnxruntime.__version__,

@@ -74,7 +74,8 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import accuracy as acc  # noqa: E402  (the bench's data, not re-implemented)
-from ort_compare import SPLITS, ort_run, split_case  # noqa: E402  (fp32 reference, 1 thread)
+from accuracy import SPLITS, split_case, split_work  # noqa: E402
+from ort_compare import ort_run  # noqa: E402  (the fp32 reference, 1 thread)
 
 from amct.fileio import atomic_write_bytes, atomic_write_text  # noqa: E402
 
@@ -387,10 +388,7 @@ def main(argv=None) -> int:
     with _to_stderr():
         import ppq  # noqa: F401  (its import prints the banner)
     onnx_semantics()
-    work = Path(args.work)
-    if args.split != "bench":
-        work = work / f"split_{args.split}"
-        args.models = [m for m in args.models if m != "lenet"]
+    work, args.models = split_work(Path(args.work), args.split, args.models)
     ort_json = work / "ort_compare.json"
     theirs = json.loads(ort_json.read_text()) if ort_json.exists() else {}
     out = work / "ppq_compare.json"

@@ -1,4 +1,4 @@
-"""bench/ort_compare.py --split: the held-out divisions of the bench images."""
+"""bench/accuracy.py split_case / split_work (the --split of the benches): held-out divisions."""
 from __future__ import annotations
 
 import sys
@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 
 pytest.importorskip("PIL")
-pytest.importorskip("onnx")
 
 from conftest import REPO  # noqa: E402
 
 sys.path.insert(0, str(REPO / "bench"))
-from ort_compare import split_case  # noqa: E402
+from accuracy import split_case, split_work  # noqa: E402
 
 
 def _case() -> dict:
@@ -46,3 +45,9 @@ def test_mixed_gives_each_batch_first_half_to_calibration() -> None:
     assert _ids(s["eval"]) == [[2, 3], [5, 6], [11]]
     flat = sum(_ids(s["calib"]) + _ids(s["eval"]), [])
     assert sorted(flat) == [0, 1, 2, 3, 4, 5, 6, 10, 11]
+
+
+def test_split_work_folders_and_models(tmp_path) -> None:
+    models = ["lenet", "det1"]
+    assert split_work(tmp_path, "bench", models) == (tmp_path, models)
+    assert split_work(tmp_path, "swap", models) == (tmp_path / "split_swap", ["det1"])
