@@ -37,7 +37,11 @@ def test_a_failed_pass_still_runs_its_work_and_raises_its_own_error() -> None:
             after_forward(broken)
             raise ValueError("the pass failed")
     assert seen == ["done"]
-    # A successful pass propagates the work's own error.
+    # A successful pass propagates the work's own error, after running the rest.
+    seen.clear()
     with pytest.raises(RuntimeError, match="deferred work failed"):
         with deferred_scope():
             after_forward(broken)
+            after_forward(lambda: seen.append("other"))
+            after_forward(lambda: seen.append("flush"), final_key="rec")
+    assert seen == ["other", "flush"]

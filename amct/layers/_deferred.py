@@ -26,10 +26,17 @@ class _Scope:
         self.final: dict[object, Callable[[], None]] = {}
 
     def run(self) -> None:
-        for fn in self.work:
-            fn()
-        for fn in self.final.values():
-            fn()
+        # Every piece runs even if an earlier one fails (a failed layer must
+        # not keep the others' factors out of the record); the first error
+        # is raised at the end.
+        first: Exception | None = None
+        for fn in [*self.work, *self.final.values()]:
+            try:
+                fn()
+            except Exception as e:  # noqa: BLE001 - re-raised below
+                first = first or e
+        if first is not None:
+            raise first
 
 
 def after_forward(fn: Callable[[], None], *, final_key: object = None) -> None:
