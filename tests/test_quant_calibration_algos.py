@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from amct.errors import CalibrationError
 from amct.quant.hfmg import HfmgCollector, StreamingHistogram, hfmg_search
-from amct.quant.ifmr import IfmrCollector, SortedData, ifmr_factors, ifmr_losses
+from amct.quant.ifmr import IfmrCollector, SortedData, ifmr_factors, ifmr_losses, make_run
 from amct.quant.rounding import round_half_away
 
 EPS = 1.1920929e-7
@@ -88,8 +88,8 @@ def test_ifmr_losses_equal_brute_force_losses() -> None:
     x = (np.random.default_rng(3).standard_normal(20000) * 3).astype(np.float32)
     x[::3] = 0
     _, _, want = ifmr_brute_force(x, True, max_pct=1.0, min_pct=1.0)
-    nz = x[x != 0]
-    data = SortedData(nz, x.size - nz.size)
+    run, zeros = make_run(x.copy())
+    data = SortedData([run], zeros)
     vmax, vmin = float(x.max()), float(x.min())
     cands = np.arange(0.7, 1.3, 0.01) * vmax
     got = ifmr_losses(data, (cands - vmin) / 255, np.full_like(cands, vmin), cands)
@@ -246,14 +246,12 @@ def test_histogram_survives_a_huge_range_jump() -> None:
 
 
 # ------------------------------------------------- IFMR's sorted runs
-def test_sorted_nonzero_by_hand() -> None:
-    from amct.quant.ifmr import sorted_nonzero
-
-    run, zeros = sorted_nonzero(np.array([[3.0, 0.0, -1.5], [-0.0, 2.0, 0.0]], np.float32))
-    np.testing.assert_array_equal(run, [-1.5, 2.0, 3.0])
+def test_make_run_by_hand() -> None:
+    run, zeros = make_run(np.array([3.0, 0.0, -1.5, -0.0, 2.0, 0.0], np.float32))
+    np.testing.assert_array_equal(run.values, [-1.5, 2.0, 3.0])
     assert zeros == 3                                   # -0.0 counts as a zero
-    run, zeros = sorted_nonzero(np.array([0.5, 0.25], np.float32))
-    np.testing.assert_array_equal(run, [0.25, 0.5])
+    run, zeros = make_run(np.array([0.5, 0.25], np.float32))
+    np.testing.assert_array_equal(run.values, [0.25, 0.5])
     assert zeros == 0
 
 
@@ -277,10 +275,8 @@ def test_prefix_sums_by_hand() -> None:
 def test_runs_answer_like_one_sorted_array(runs, bounds, k) -> None:
     """Counts, sums and order statistics over several sorted runs equal those
     of all the data taken together (values on a 1/4 grid, so sums are exact)."""
-    from amct.quant.ifmr import SortedData, sorted_nonzero
-
     arrays = [np.array(r, np.float32) / 4 for r in runs]
-    parts = [sorted_nonzero(a) for a in arrays]
+    parts = [make_run(a.copy()) for a in arrays]
     data = SortedData([p[0] for p in parts], sum(p[1] for p in parts))
     allv = np.sort(np.concatenate(arrays))
     b = np.array(bounds, np.float64) / 4 + 0.125

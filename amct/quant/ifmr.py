@@ -51,11 +51,6 @@ def _candidates(search_range: tuple[float, float], search_step: float) -> np.nda
 BLOCK = 16
 
 
-def sorted_nonzero(x: np.ndarray) -> tuple[np.ndarray, int]:
-    """``(sorted non-zero values of x, number of zeros)``; ``x`` is not modified."""
-    return _strip_zeros(np.sort(np.asarray(x, dtype=np.float32).reshape(-1)))
-
-
 def _strip_zeros(a: np.ndarray) -> tuple[np.ndarray, int]:
     """Sorted ``a`` without its run of zeros (-0.0 included: it quantizes to
     0), and how many there were.  Sorting first and cutting the run out is
@@ -106,8 +101,9 @@ class Run:
         return out
 
 
-def _make_run(a: np.ndarray, where: str = "IFMR") -> tuple[Run, int]:
-    """Sort ``a`` in place (the caller gives it away) and build its Run.
+def make_run(a: np.ndarray, where: str = "IFMR") -> tuple[Run, int]:
+    """``(Run of a's non-zero values, number of zeros)``; ``a`` (1-D float32)
+    is sorted in place: the caller gives it away.
 
     Sorting also finds non-finite values for free: NaN and +Inf end up last,
     -Inf first.
@@ -128,11 +124,8 @@ class SortedData:
     of all the data would be wasted work.
     """
 
-    def __init__(self, runs: list[np.ndarray | Run] | np.ndarray, n_zero: int = 0):
-        if isinstance(runs, np.ndarray):       # one unsorted array of non-zeros
-            runs = [np.sort(runs.astype(np.float32, copy=False).reshape(-1))]
-        self.runs = [r if isinstance(r, Run) else Run(r) for r in runs if r is not None]
-        self.runs = [r for r in self.runs if r.values.size]
+    def __init__(self, runs: list[Run], n_zero: int = 0):
+        self.runs = [r for r in runs if r.values.size]
         self.n_zero = int(n_zero)
         self.n = sum(r.values.size for r in self.runs) + self.n_zero
         self.s1_total = sum(r.s1 for r in self.runs)
@@ -225,7 +218,7 @@ def ifmr_factors(x: np.ndarray, with_offset: bool = True,
                  max_percentile: float = 0.999999,
                  min_percentile: float = 0.999999) -> tuple[float, int]:
     """IFMR over one array holding all calibration data."""
-    run, n_zero = _make_run(np.array(x, dtype=np.float32).reshape(-1))
+    run, n_zero = make_run(np.array(x, dtype=np.float32).reshape(-1))
     return ifmr_search(SortedData([run], n_zero), with_offset, search_range,
                        search_step, max_percentile, min_percentile)
 
@@ -291,7 +284,7 @@ class IfmrCollector:
         # by the sort and reported when the factors are computed.
         where = f"{self.name}: calibration input of batch {self.batches + 1}"
         self._chunks.append(_sorter().submit(
-            _make_run, np.array(x, dtype=np.float32).reshape(-1), where))
+            make_run, np.array(x, dtype=np.float32).reshape(-1), where))
         self.batches += 1
 
     def compute(self) -> tuple[float, int]:
