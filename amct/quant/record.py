@@ -141,14 +141,11 @@ def write_record(path: str, records: dict[str, LayerRecord]) -> None:
     """Validate and write ``records`` atomically (keys sorted)."""
     for key, rec in records.items():
         validate_record(rec, path, key)
-    texts = {k: _entry_text(k, r) for k, r in records.items()}
-    cache_key = os.path.realpath(path)
-    _MERGE_CACHE.pop(cache_key, None)
-    atomic_write_text(path, "".join(texts[k] for k in sorted(records)))
-    # The calibration that usually follows merges into this file: spare it
-    # the parse (entries are copied, as the caller keeps its dict).
-    _MERGE_CACHE[cache_key] = (_signature(path), {k: attrs.evolve(r) for k, r in records.items()},
-                               texts)
+    # Entries are copied: the caller keeps its dict, the cache keeps these.
+    # The calibration that usually follows merges into this file and is
+    # spared the parse.
+    _publish(path, {k: attrs.evolve(r) for k, r in records.items()},
+             {k: _entry_text(k, r) for k, r in records.items()})
 
 
 def create_empty_record(path: str) -> None:
@@ -165,6 +162,15 @@ _FIELDS = set(_SCALARS) | set(_ARRAYS)
 # (MobileNet-v1: 25 of 27 s of a quantize call).  Every atomic write makes a
 # new inode, so a file changed by anyone else never matches the signature.
 _MERGE_CACHE: dict[str, tuple[tuple, dict[str, LayerRecord], dict[str, str]]] = {}
+
+
+def _publish(path: str, records: dict[str, LayerRecord], texts: dict[str, str]) -> None:
+    """Write ``texts`` (one per entry of ``records``) in key order, atomically,
+    and remember them as this file's content."""
+    cache_key = os.path.realpath(path)
+    _MERGE_CACHE.pop(cache_key, None)       # stale until the write succeeds
+    atomic_write_text(path, "".join(texts[k] for k in sorted(records)))
+    _MERGE_CACHE[cache_key] = (_signature(path), records, texts)
 
 
 def _signature(path: str) -> tuple | None:
@@ -194,15 +200,13 @@ def merge_records(path: str, updates: dict[str, dict[str, Any]]) -> dict[str, La
         unknown = set(fields) - _FIELDS
         if unknown:
             raise RecordError(f"{path}: record '{key}': unknown field(s) {sorted(unknown)}")
-    cache_key = os.path.realpath(path)
     sig = _signature(path)
-    cached = _MERGE_CACHE.get(cache_key)
+    cached = _MERGE_CACHE.pop(os.path.realpath(path), None)
     if sig is not None and cached is not None and cached[0] == sig:
         records, texts = cached[1], cached[2]
     else:
         records = read_record(path) if sig is not None else {}
         texts = {k: _entry_text(k, r) for k, r in records.items()}
-    _MERGE_CACHE.pop(cache_key, None)       # stale until the write below succeeds
     changed = {}
     for key, fields in updates.items():
         old = records.get(key)
@@ -213,6 +217,5 @@ def merge_records(path: str, updates: dict[str, dict[str, Any]]) -> dict[str, La
         changed[key] = rec
     for key, rec in changed.items():
         records[key], texts[key] = rec, _entry_text(key, rec)
-    atomic_write_text(path, "".join(texts[k] for k in sorted(records)))
-    _MERGE_CACHE[cache_key] = (_signature(path), records, texts)
+    _publish(path, records, texts)
     return changed
