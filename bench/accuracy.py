@@ -156,6 +156,18 @@ def model_case(name: str) -> dict:
     raise SystemExit(f"unknown model {name!r}")
 
 
+#: The shared models the benches run by default.
+MODEL_NAMES = ["lenet", "det1", "det2", "det3", "cifar10", "ultraface"]
+
+
+def shared_missing() -> bool:
+    """True (after saying so on stderr) when shared/models is not there."""
+    if MODELS.exists():
+        return False
+    print(f"{MODELS} not found (set AMCT_SHARED)", file=sys.stderr)
+    return True
+
+
 #: Other ways to divide the bench's images between calibration and evaluation,
 #: to check that a result is not an artefact of one division (``--split``).
 SPLITS = ("bench", "swap", "mixed")
@@ -363,8 +375,7 @@ def _measured_ort(name: str, work: Path) -> dict | None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", nargs="+",
-                    default=["lenet", "det1", "det2", "det3", "cifar10", "ultraface"])
+    ap.add_argument("--models", nargs="+", default=MODEL_NAMES)
     ap.add_argument("--algos", nargs="+", default=["ifmr", "hfmg", "minmax"],
                     choices=["ifmr", "hfmg", "minmax"])
     ap.add_argument("--work", default=str(REPO / "bench/_work/accuracy"))
@@ -373,8 +384,7 @@ def main(argv=None) -> int:
                     help="do not measure ONNX Runtime INT8 on the same images (measured by "
                          "default when onnxruntime is installed; see bench/ort_compare.py)")
     args = ap.parse_args(argv)
-    if not MODELS.exists():
-        print(f"{MODELS} not found (set AMCT_SHARED)", file=sys.stderr)
+    if shared_missing():
         return 2
     work = Path(args.work)
     report: dict = {}

@@ -170,8 +170,7 @@ def _print_model(name: str, row: dict, algos) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", nargs="+",
-                    default=["lenet", "det1", "det2", "det3", "cifar10", "ultraface"])
+    ap.add_argument("--models", nargs="+", default=acc.MODEL_NAMES)
     ap.add_argument("--algos", nargs="+", default=["ifmr", "hfmg", "minmax"],
                     choices=["ifmr", "hfmg", "minmax"])
     ap.add_argument("--work", default=str(acc.REPO / "bench/_work/ort"))
@@ -179,8 +178,7 @@ def main(argv=None) -> int:
                     help="how the images are divided between calibration and evaluation "
                          "(swap, mixed: held-out checks; LeNet always uses its own split)")
     args = ap.parse_args(argv)
-    if not acc.MODELS.exists():
-        print(f"{acc.MODELS} not found (set AMCT_SHARED)", file=sys.stderr)
+    if acc.shared_missing():
         return 2
     import onnxruntime
 

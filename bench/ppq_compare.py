@@ -369,7 +369,7 @@ def _meta(platforms, summaries: dict) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+",
-                    default=["lenet", "det1", "det2", "det3", "cifar10", "ultraface"],
+                    default=acc.MODEL_NAMES,
                     help="also res10, res10_fp16, nsfw (bench/external.py; use "
                          "--work bench/_work/external)")
     ap.add_argument("--platforms", nargs="+", default=PLATFORMS,
@@ -379,8 +379,7 @@ def main(argv=None) -> int:
                     help="the division of the images (bench/ort_compare.py --split); reads "
                          "and writes WORK/split_<split>/")
     args = ap.parse_args(argv)
-    if not acc.MODELS.exists():
-        print(f"{acc.MODELS} not found (set AMCT_SHARED)", file=sys.stderr)
+    if acc.shared_missing():
         return 2
     import torch
 
