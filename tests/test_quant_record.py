@@ -115,3 +115,25 @@ def test_merges_after_write_and_outside_edits_stay_consistent(tmp_path) -> None:
     recs = read_record(p)
     assert sorted(recs) == ["a", "b", "d"] and recs["b"].scale_d == 4.0
     assert open(p).read() == record_text(recs)
+
+
+def test_merge_cache_keeps_the_recently_used_paths_only(tmp_path) -> None:
+    """One cache entry per record path, bounded: the least recently merged
+    path goes first, and a path that left the cache still merges correctly."""
+    from amct.quant import record as rec_mod
+
+    size = rec_mod._MERGE_CACHE_SIZE
+    rec_mod._MERGE_CACHE.clear()
+    paths = [str(tmp_path / f"r{i}.txt") for i in range(size + 2)]
+    for i, p in enumerate(paths):
+        rec_mod.merge_records(p, {"conv": {"scale_d": 1.0 + i, "offset_d": 0}})
+    # touch the oldest kept one again: it becomes the most recent
+    rec_mod.merge_records(paths[2], {"fc": {"scale_d": 0.5, "offset_d": 1}})
+    kept = [os.path.basename(k) for k in rec_mod._MERGE_CACHE]
+    assert len(kept) == size
+    assert kept[-1] == "r2.txt" and "r0.txt" not in kept and "r1.txt" not in kept
+    # an evicted path re-reads its file and keeps its entries
+    rec_mod.merge_records(paths[0], {"fc": {"scale_d": 0.25, "offset_d": 2}})
+    got = read_record(paths[0])
+    assert got["conv"].scale_d == 1.0 and got["fc"].scale_d == 0.25
+    assert sorted(read_record(paths[2])) == ["conv", "fc"]

@@ -161,7 +161,11 @@ _FIELDS = set(_SCALARS) | set(_ARRAYS)
 # re-printed the whole file in protobuf's pure-Python text format, O(layers^2)
 # (MobileNet-v1: 25 of 27 s of a quantize call).  Every atomic write makes a
 # new inode, so a file changed by anyone else never matches the signature.
+# Each use pops and re-inserts its entry, so the dict's order is least
+# recently used first; only the last _MERGE_CACHE_SIZE paths are kept (a
+# process quantizing many models would otherwise hold every record forever).
 _MERGE_CACHE: dict[str, tuple[tuple, dict[str, LayerRecord], dict[str, str]]] = {}
+_MERGE_CACHE_SIZE = 8
 
 
 def _publish(path: str, records: dict[str, LayerRecord], texts: dict[str, str]) -> None:
@@ -171,6 +175,8 @@ def _publish(path: str, records: dict[str, LayerRecord], texts: dict[str, str]) 
     _MERGE_CACHE.pop(cache_key, None)       # stale until the write succeeds
     atomic_write_text(path, "".join(texts[k] for k in sorted(records)))
     _MERGE_CACHE[cache_key] = (_signature(path), records, texts)
+    while len(_MERGE_CACHE) > _MERGE_CACHE_SIZE:
+        del _MERGE_CACHE[next(iter(_MERGE_CACHE))]
 
 
 def _signature(path: str) -> tuple | None:
