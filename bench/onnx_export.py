@@ -32,7 +32,7 @@ from amct.layers.convolution import conv_spec
 from amct.layers.pooling import pool_geometry
 # The layer modules' own Caffe-rule helpers, so the export reads every
 # parameter exactly as the runtime does.
-from amct.layers.shape_ops import _concat_axis, _permute_order, _slice_bounds
+from amct.layers.shape_ops import _concat_axis, _crop_geometry, _permute_order, _slice_bounds
 from amct.layers.normalization import _affine_geometry
 from amct.layers._common import canonical_axis
 from amct.proto import caffe_pb2
@@ -203,6 +203,16 @@ def _softmax(em, layer, ins, outs, in_shapes, out_shapes):
     em.node("Softmax", ins, outs, layer.name, axis=axis)   # opset >= 13: one axis
 
 
+@converts("LRN")
+def _lrn(em, layer, ins, outs, in_shapes, out_shapes):
+    p = layer.param("lrn_param")
+    if p.norm_region != caffe_pb2.LRNParameter.ACROSS_CHANNELS:
+        raise ExportError(f"layer '{layer.name}': LRN WITHIN_CHANNEL has no ONNX operator")
+    # ONNX LRN is Caffe's ACROSS_CHANNELS form: x / (bias + alpha/size * window sum)^beta.
+    em.node("LRN", ins, outs, layer.name, size=int(p.local_size), alpha=float(p.alpha),
+            beta=float(p.beta), bias=float(p.k))
+
+
 @converts("Dropout", "Split")
 def _identity(em, layer, ins, outs, in_shapes, out_shapes):
     for o in outs:
@@ -222,6 +232,19 @@ def _slice(em, layer, ins, outs, in_shapes, out_shapes):
         raise ExportError(f"layer '{layer.name}': slicing the batch axis")
     sizes = np.array([b - a for a, b in bounds], np.int64)
     em.node("Split", [ins[0], em.const(f"{layer.name}/split", sizes)], outs, layer.name, axis=axis)
+
+
+@converts("Crop")
+def _crop(em, layer, ins, outs, in_shapes, out_shapes):
+    out, offsets = _crop_geometry(layer, in_shapes)
+    axes = [i for i in range(len(out)) if out[i] != in_shapes[0][i] or offsets[i]]
+    if 0 in axes:
+        raise ExportError(f"layer '{layer.name}': cropping the batch axis")
+    starts = np.array([offsets[i] for i in axes], np.int64)
+    ends = np.array([offsets[i] + out[i] for i in axes], np.int64)
+    em.node("Slice", [ins[0], em.const(f"{layer.name}/starts", starts),
+                      em.const(f"{layer.name}/ends", ends),
+                      em.const(f"{layer.name}/axes", np.array(axes, np.int64))], outs, layer.name)
 
 
 @converts("Permute")

@@ -175,6 +175,16 @@ def _average_pool_onnx(op, values, ctx=None, **kwargs):
     return out / share
 
 
+def _lrn_onnx(op, values, ctx=None, **kwargs):
+    """ONNX LRN (torch's local_response_norm is the same formula)."""
+    import torch
+
+    a = op.attributes
+    return torch.nn.functional.local_response_norm(
+        values[0], int(a["size"]), alpha=float(a.get("alpha", 1e-4)),
+        beta=float(a.get("beta", 0.75)), k=float(a.get("bias", 1.0)))
+
+
 def onnx_semantics() -> None:
     """Register, on every platform of PPQ's executor, handlers that follow the
     ONNX definition where PPQ 0.6.6's own do not, for the operators of these
@@ -185,7 +195,8 @@ def onnx_semantics() -> None:
       carry ONNX's per-channel (C, 1, 1) slopes ("prelu: Expected `weight` to
       be a scalar or 1D tensor, but got: ndim = 3");
     * AveragePool: ``count_include_pad=0`` ignored (cifar10_quick's pool2 and
-      pool3 have Caffe's asymmetric padding: prob differed by 0.2).
+      pool3 have Caffe's asymmetric padding: prob differed by 0.2);
+    * LRN: no handler at all ("has no backend implementation"; age/gender nets).
     """
     from ppq import TargetPlatform
     from ppq.api import register_operation_handler
@@ -193,6 +204,7 @@ def onnx_semantics() -> None:
     for plat in TargetPlatform:
         register_operation_handler(_prelu_onnx, "PRelu", plat)
         register_operation_handler(_average_pool_onnx, "AveragePool", plat)
+        register_operation_handler(_lrn_onnx, "LRN", plat)
 
 
 def ppq_quantize(path: Path, calib: list[np.ndarray], platform: str):

@@ -110,6 +110,12 @@ CASES = {
                           'layer { name: "pb" type: "PriorBox" bottom: "x" bottom: "x" top: "pr" '
                           'prior_box_param { min_size: 3 max_size: 6 aspect_ratio: 2 flip: true '
                           'clip: true variance: 0.1 variance: 0.1 variance: 0.2 variance: 0.2 } }',
+    "lrn_crop": 'layer { name: "l" type: "LRN" bottom: "x" top: "a" '
+                'lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 k: 2 } }\n'
+                'layer { name: "p" type: "Pooling" bottom: "a" top: "r" '
+                'pooling_param { pool: MAX kernel_size: 2 stride: 2 } }\n'
+                'layer { name: "c" type: "Crop" bottom: "a" bottom: "r" top: "y" '
+                'crop_param { axis: 2 offset: 1 offset: 2 } }',
 }
 
 
@@ -122,8 +128,12 @@ def test_layer_types(case):
 
 
 def test_unknown_type_is_an_export_error():
-    g = _graph('layer { name: "l" type: "LRN" bottom: "x" top: "y" }')
-    with pytest.raises(ExportError, match="LRN"):
+    g = _graph('layer { name: "l" type: "MVN" bottom: "x" top: "y" }')
+    with pytest.raises(ExportError, match="'l': type MVN"):
+        export_onnx(g)
+    g = _graph('layer { name: "w" type: "LRN" bottom: "x" top: "y" '
+               'lrn_param { norm_region: WITHIN_CHANNEL } }')
+    with pytest.raises(ExportError, match="'w': LRN WITHIN_CHANNEL"):
         export_onnx(g)
 
 
