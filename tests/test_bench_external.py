@@ -45,3 +45,32 @@ def test_every_model_has_pinned_files_and_a_setup() -> None:
         assert "==" in spec["package"]
         assert set(spec["files"]) == {"deploy.prototxt", "weights.caffemodel"}
         assert all(len(sha) == 64 for _, sha in spec["files"].values())
+
+
+def test_qr_like_code_has_finder_patterns_and_quiet_zone() -> None:
+    from external import qr_like
+
+    code = qr_like(np.random.default_rng(0), modules=25)
+    assert code.shape == (33, 33) and set(np.unique(code)) == {0.0, 255.0}
+    dark = code == 0
+    assert not dark[:4].any() and not dark[:, -4:].any()          # quiet zone
+    finder = dark[4:11, 4:11]
+    assert finder[0].all() and finder[:, 0].all()                 # outer dark ring
+    assert not finder[1, 1:6].any()                               # light ring
+    assert finder[2:5, 2:5].all()                                 # 3x3 dark centre
+    np.testing.assert_array_equal(dark[4:11, -11:-4], finder)     # top right
+    np.testing.assert_array_equal(dark[-11:-4, 4:11], finder)     # bottom left
+    assert not dark[11, 4:12].any()                               # separator
+
+
+def test_with_code_pastes_one_code_and_is_deterministic() -> None:
+    from external import with_code
+
+    view = np.full((64, 80, 1), 128.0, np.float32)
+    a = with_code(view, np.random.default_rng(5))
+    b = with_code(view, np.random.default_rng(5))
+    np.testing.assert_array_equal(a, b)
+    assert np.all(view == 128.0)                                  # input untouched
+    changed = np.argwhere(a[:, :, 0] != 128.0)
+    side = changed.max(axis=0) - changed.min(axis=0) + 1
+    assert 64 // 4 <= side[0] <= 64 // 2 and side[0] == side[1]   # one square code
