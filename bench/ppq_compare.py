@@ -304,7 +304,14 @@ def measure_ppq(name: str, platforms, work: Path, split: str = "bench") -> tuple
         col = f"ppq_{plat}"
         t = time.perf_counter()
         with _to_stderr():
-            graph = ppq_quantize(ascend_onnx(path) if plat == "ASC_INT8" else path, calib, plat)
+            try:
+                graph = ppq_quantize(ascend_onnx(path) if plat == "ASC_INT8" else path, calib,
+                                     plat)
+            except AssertionError as e:
+                # PPQ states what a platform cannot quantize as assertions (ASC_INT8:
+                # "the groups must be 1" for a grouped ConvTranspose): no column then.
+                row.setdefault("refused", {})[col] = str(e)
+                continue
             got = ppq_run(graph, evals, names)
         row["seconds"][col] = time.perf_counter() - t
         f32 = ppq_run_fp32(graph, evals[:1], names)
@@ -334,14 +341,16 @@ def print_model(name: str, row: dict, theirs: dict, platforms, summaries: dict) 
           f"max |PPQ fp32 - ORT fp32| = {diffs}")
     ppq_cols = [f"ppq_{p}" for p in platforms]
     print(f"  {'output':<10} " + " ".join(f"{c:>14}" for c in THEIRS_AND_OURS + ppq_cols))
+    for col, why in row.get("refused", {}).items():
+        print(f"  {col} refused the model: {why}")
     for k, cos in row["outputs"].items():
         known = theirs.get("outputs", {}).get(k, {})
-        best = max(cos[c] for c in ppq_cols)
+        best = max((cos[c] for c in ppq_cols if c in cos), default=float("-inf"))
         cells = []
         for c in THEIRS_AND_OURS:
             v = known.get(c)
             cells.append(_cell(v, "<" if c == "ifmr" and v is not None and v < best else " "))
-        cells += [_cell(cos[c]) for c in ppq_cols]
+        cells += [_cell(cos.get(c)) for c in ppq_cols]
         print(f"  {k:<10} " + " ".join(cells))
     if "top1" in row:
         top = {**theirs.get("top1", {}), **row["top1"]}
@@ -349,6 +358,8 @@ def print_model(name: str, row: dict, theirs: dict, platforms, summaries: dict) 
                                          for c in THEIRS_AND_OURS + ppq_cols)
               + f"   (fp32 {100 * top['fp32']:.2f})")
     for p in platforms:
+        if p not in summaries:          # refused (above)
+            continue
         left = summaries[p]["fp32_layers"]
         if left:
             print(f"  ppq_{p} left Conv/Gemm in fp32: {', '.join(left)}")
