@@ -30,6 +30,7 @@ from amct.runtime import run  # noqa: E402
 
 sys.path.insert(0, str(REPO / "bench"))
 from external import matched_detections, with_code  # noqa: E402
+from test_emit_real_models import _cos, assert_layerwise_deploy_matches_fake  # noqa: E402
 
 QR = DATA / "wechat_qrcode"
 
@@ -52,11 +53,6 @@ def _scenes(names: list[str], size: int, copies: int = 2) -> np.ndarray:
 # The images of bench/accuracy.py: calibration and evaluation on different photos.
 CALIB = ["cat.jpg", "000001.jpg", "000456.jpg"]
 EVAL = ["fish-bike.jpg", "004545.jpg"]
-
-
-def _cos(a, b) -> float:
-    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
-    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
 def _depthwise(graph, kind: str) -> dict[str, int]:
@@ -101,8 +97,6 @@ def _per_channel_weights(res, graphs, kind: str, minimum: int) -> None:
 
 
 def test_qr_detector_depthwise_ssd(tmp_path) -> None:
-    from test_emit_real_models import assert_layerwise_deploy_matches_fake
-
     res, graphs = _quantize(tmp_path, "detect", 384)
     _per_channel_weights(res, graphs, "Convolution", 22)
     x = {"data": _scenes(EVAL, 384)}
@@ -121,8 +115,6 @@ def test_qr_detector_depthwise_ssd(tmp_path) -> None:
 
 
 def test_qr_super_resolution_depthwise_deconvolution(tmp_path) -> None:
-    from test_emit_real_models import assert_layerwise_deploy_matches_fake
-
     # Fully convolutional: 128 x 128 crops instead of the declared 224 keep the test short.
     res, graphs = _quantize(tmp_path, "sr", 128)
     _per_channel_weights(res, graphs, "Deconvolution", 1)
