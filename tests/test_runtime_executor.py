@@ -175,6 +175,10 @@ def test_partial_forward_by_value_id_and_blob_name():
         prog.forward({}, start="relu2")
     with pytest.raises(GraphError, match="before the start"):
         prog.forward({"data": X}, start="relu2", end="add")
+    # A range after the Input layer runs on the plan of the last input shapes; a
+    # value of another batch size is refused by name, not run into a kernel.
+    with pytest.raises(DataError, match="'relu2' reads 'a' .*shape \\(4, 3\\).*expects \\(2, 3\\)"):
+        prog.forward({"a@2": np.zeros((4, 3), np.float32)}, start="relu2")
 
 
 def test_input_checks():

@@ -459,7 +459,7 @@ class Program:
         values: dict[str, np.ndarray] = {}
         produced = {v for step in steps for v in step.out_vids}
         for step in steps:
-            for v, t in zip(step.in_vids, step.layer.bottoms):
+            for v, t, want in zip(step.in_vids, step.layer.bottoms, step.in_shapes):
                 if v in produced or v in values:
                     continue
                 # A plain blob name stands for the value the blob holds when
@@ -470,6 +470,15 @@ class Program:
                                     f"'{t}' (value {v}) which is produced before the start "
                                     "layer; feed it")
                 values[v] = np.asarray(feeds[key])
+                # The plan was built for the last net input shapes; a range that
+                # starts after the Input layers cannot re-plan from its feeds.
+                # (Values of data-dependent layers only have setup shapes.)
+                if tuple(values[v].shape) != tuple(want) and v not in self._dynamic_vids():
+                    raise DataError(f"net '{self.graph.name}': layer '{step.layer.name}' reads "
+                                    f"'{t}' (value {v}) fed with shape "
+                                    f"{tuple(values[v].shape)}, but the plan for the current "
+                                    f"input shapes {dict(self.input_shapes)} expects "
+                                    f"{tuple(want)}; compile a program for those input shapes")
 
         sched = self._schedule(i0, i1, entries, kept_vids, keep_all, set(values))
         adapt_threads()
@@ -491,6 +500,9 @@ class Program:
                 raise GraphError(f"net '{self.graph.name}': '{k}' is not a blob or value id "
                                  f"produced between layers #{i0} and #{i1}")
         return result
+
+    def _dynamic_vids(self) -> set[str]:
+        return {v for st in self._plan.steps if st.dynamic for v in st.out_vids}
 
     def _execute(self, sched: "opt.Schedule", values: dict[str, np.ndarray],
                  fed_inputs: dict[str, np.ndarray], entries: list[_ObserverEntry]) -> None:
