@@ -26,6 +26,7 @@ _EXPORTS = {
     "save_model": "amct.api",
     "convert_model": "amct.api",
     "quantize": "amct.api",
+    "correct_bias": "amct.bias_correction",
     "accuracy_based_auto_calibration": "amct.auto_calibration",
     "ModelEvaluator": "amct.auto_calibration",
     # pass framework (amct/passes)
@@ -43,7 +44,8 @@ _EXPORTS = {
     "PassResult": "amct.passes",
 }
 _SUBMODULES = {"runtime", "ir", "passes", "layers", "errors", "proto", "frontends", "backends",
-               "quant", "data", "cli", "report", "config", "api", "auto_calibration"}
+               "quant", "data", "cli", "report", "config", "api", "auto_calibration",
+               "bias_correction"}
 
 __all__ = sorted(_EXPORTS)
 

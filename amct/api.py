@@ -293,6 +293,8 @@ class QuantizeResult:
     outputs: dict[str, str]
     record: dict[str, LayerRecord]
     layers: dict[str, LayerFactors]
+    #: layer -> per-channel shift subtracted from its bias (empty without bias correction)
+    bias_shifts: dict[str, np.ndarray] = attrs.field(factory=dict)
 
 
 def _feeds(batch: Any, inputs: list[str], i: int,
@@ -319,13 +321,17 @@ def _feeds(batch: Any, inputs: list[str], i: int,
 def quantize(model_file: str, weights_file: str, batches: Iterable[Any], save_path: str,
              config: str | None = None, *, skip_layers: Sequence[str] | None = None,
              batch_num: int | None = None, algo: str = "ifmr", save_type: str = "Both",
-             work_dir: str | None = None) -> QuantizeResult:
+             work_dir: str | None = None, bias_correction: bool = True) -> QuantizeResult:
     """The whole PTQ flow on ``batches`` (arrays for single-input nets, or dicts name->array).
 
     ``config``: None (defaults + ``skip_layers``/``algo``), a JSON config or a
     simplified ``.cfg``.  ``batch_num``: batches to calibrate on (default: the
     config's for a JSON config, else all given).  ``work_dir`` (default
     ``save_path + "_work"``) receives config.json, record.txt and the modified model.
+    ``bias_correction``: after calibration, remove the mean error quantization
+    adds to each layer's output, measured on the calibration batches
+    (``amct.bias_correction``, docs/bias_correction.md); False gives the biases
+    of AMCT's flow (SPEC §4.5).
     """
     from amct.runtime import Net
 
@@ -361,12 +367,17 @@ def quantize(model_file: str, weights_file: str, batches: Iterable[Any], save_pa
     net = Net(paths["model"], paths["weights"])
     for feed in feeds:
         net.forward(**feed)
+    shifts = {}
+    if bias_correction:
+        from amct.bias_correction import correct_bias
+
+        shifts = {s.layer: s.shift for s in correct_bias(g, feeds)}
     outputs = save_model(g, kind, save_path)
     record = read_record(paths["record"])
     layers = {k: LayerFactors(float(r.scale_d), int(r.offset_d), r.scale_w)
               for k, r in record.items() if r.has_activation}
     return QuantizeResult(paths["config"], paths["record"], paths["model"], paths["weights"],
-                          dict(outputs or {}), record, layers)
+                          dict(outputs or {}), record, layers, shifts)
 
 
 def _take(batches: Iterable[Any], n: int) -> list[Any]:

@@ -1,8 +1,9 @@
 """``amct-caffe calibrate``: model + weights + calibration data -> the five files of save_model + a report.
 
 It runs AMCT's flow step by step (config, init, quantize_model, batch_num
-forward passes of the modified model, save_model) so the forward passes read
-the data lazily, batch by batch, under a progress bar.  Then it runs the
+forward passes of the modified model, bias correction unless
+``--no-bias-correction``, save_model) so the forward passes read the data
+lazily, batch by batch, under a progress bar.  Then it runs the
 float, fake-quant and deploy models on the calibration batches to write the
 report (per-layer factors, clip ratio, cosine, SQNR).
 """
@@ -36,6 +37,10 @@ def register(sub, parents) -> None:
                    help="layers to leave in float (comma-separated; without --config)")
     q.add_argument("--algo", choices=("ifmr", "hfmg", "minmax"),
                    help="activation calibration: ifmr (default, AMCT), hfmg, or minmax (an IFMR config that keeps the full observed range); overrides a config")
+    q.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
+                   help="keep the biases of AMCT's flow; by default the mean error quantization "
+                        "adds to each layer's output is measured on the calibration batches and "
+                        "taken out of its bias (docs/bias_correction.md)")
     q.add_argument("--work-dir", "--work_dir", dest="work_dir", metavar="DIR",
                    help="where config.json, record.txt and the modified model go "
                         "(default: SAVE_PATH_work)")
@@ -116,6 +121,10 @@ def calibrate(args, graph, ds, bs: int) -> tuple[dict[str, str], int]:
     log.info("calibrating on %d batches of %d (%d samples)", batch_num, bs, n)
     for batch in common.progress(ds.batches(bs, batch_num), n, "calibrate", args):
         prog.run(batch)
+    if getattr(args, "bias_correction", True):
+        # The same batches again: the correction runs the fake-quant model on them.
+        shifts = amct.correct_bias(g, list(ds.batches(bs, batch_num)))
+        log.info("bias correction: %d layers", len(shifts))
     out = amct.save_model(g, args.save_type, args.save_path)
     log.info("config and record in %s", work)
     return out, batch_num
