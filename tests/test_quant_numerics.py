@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from amct.errors import QuantizationError
 from amct.quant import (arq_weights, channel_scale_view, pack_deq_scale, quantize_bias,
@@ -16,6 +18,29 @@ def test_round_half_away_from_zero() -> None:
     assert round_half_away(np.nextafter(0.5, 0.0)) == 0.0
     assert round_half_away(np.float32(2.5)).dtype == np.float32
     assert round_half_away(3) == 3.0
+
+
+def _round_reference(a: np.ndarray) -> np.ndarray:
+    """Half away from zero from the exact fractional part (the first implementation)."""
+    mag = np.abs(a)
+    whole = np.floor(mag)
+    with np.errstate(invalid="ignore"):
+        return np.copysign(whole + (mag - whole >= 0.5), a)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.floats(-300, 300, width=32), st.integers(-600, 600).map(lambda k: k / 2),
+                          st.sampled_from([0.49999997, -0.49999997, 8388607.5, -8388607.5,
+                                           float("inf"), float("-inf")])),
+                min_size=1, max_size=40),
+       st.sampled_from([np.float32, np.float64]), st.booleans())
+def test_round_half_away_matches_reference(values, dtype, transposed) -> None:
+    # Any layout: a transposed (non-contiguous) input must get its ties fixed in place too.
+    a = np.array(values + values, dtype).reshape(2, -1)
+    a = a.T if transposed else a
+    got = round_half_away(a)
+    assert got.dtype == dtype and got.shape == a.shape
+    np.testing.assert_array_equal(got, _round_reference(a))
 
 
 def test_arq_per_channel_conv_by_hand() -> None:

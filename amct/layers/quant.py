@@ -78,11 +78,16 @@ class QuantLayer(_SameShape):
 
         def codes(x: np.ndarray) -> np.ndarray:
             # clamp(round(x·s) + o) − o == clamp(round(x·s), −128 − o, 127 − o)
-            return np.clip(round_half_away(np.asarray(x, np.float32) * scale), lo, hi)
+            q = round_half_away(np.multiply(x, scale, dtype=np.float32))
+            return np.clip(q, lo, hi, out=q)
+
+        def fake(xs: list[np.ndarray]) -> list[np.ndarray]:
+            q = codes(xs[0])
+            return [np.divide(q, scale, out=q)]      # q is fresh: divide in place
 
         if layer.meta.get(_DEPLOY):
             return lambda xs: [codes(xs[0]).astype(np.int16)]
-        return lambda xs: [(codes(xs[0]) / scale).astype(np.float32)]
+        return fake
 
 
 @register_layer
