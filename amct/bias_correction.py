@@ -46,11 +46,12 @@ class BiasShift:
 
 
 def _channel_sums(arr: np.ndarray) -> tuple[np.ndarray, int]:
-    a = np.asarray(arr, np.float64)
+    a = np.asarray(arr)
     if a.ndim < 2:
         raise DataError(f"bias correction needs (N, C, ...) outputs, got shape {a.shape}")
     axes = (0,) + tuple(range(2, a.ndim))
-    return a.sum(axis=axes), a.size // a.shape[1]
+    # float64 accumulation without a float64 copy of the activation.
+    return a.sum(axis=axes, dtype=np.float64), a.size // a.shape[1]
 
 
 @attrs.frozen
@@ -158,7 +159,6 @@ def measure_shifts(fake: Graph, float_means: Mapping[str, BatchMeans],
     for i, vids in enumerate(reads):
         for v in vids:
             last_read[v] = i
-    keep_out = set(fake.outputs)
     # One program per input shape: a range after the Input layers runs on the
     # plan of the shapes its program was compiled for.
     progs: dict[tuple, object] = {}
@@ -194,15 +194,16 @@ def measure_shifts(fake: Graph, float_means: Mapping[str, BatchMeans],
                 values[out_vid] = _subtract(values[out_vid], shift)
             shifts[name] = shift
         for values in live:
-            for v in [v for v in values if last_read.get(v, -1) <= end and v not in keep_out]:
+            for v in [v for v in values if last_read.get(v, -1) <= end]:
                 del values[v]
         start = end + 1
     return shifts
 
 
 def _subtract(arr: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    # A new array: the value may be shared with other value ids (DeQuant is the identity).
     view = shift.reshape((1, -1) + (1,) * (np.ndim(arr) - 2))
-    return (np.asarray(arr, np.float32) - view).astype(np.float32)
+    return np.subtract(arr, view, dtype=np.float32)
 
 
 def _shift_bias(layer, shift: np.ndarray) -> None:

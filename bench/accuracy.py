@@ -261,14 +261,20 @@ def _print_layers(title: str, table: dict) -> None:
 
 
 # ---------------------------------------------------------------- flows
+#: The algorithm names the benches take: the presets, and each without bias correction.
+ALGOS = ["ifmr", "hfmg", "minmax", "ifmr_nobc", "hfmg_nobc", "minmax_nobc"]
+
+
 def run_flow(name: str, algo: str, case: dict, work: Path) -> dict:
     import amct
     from amct.frontends.caffe import load_caffe
 
     prefix = work / name / algo / name
+    # "<algo>_nobc": the same without bias correction (the biases of AMCT's flow).
+    base, _, variant = algo.partition("_")
     t0 = time.perf_counter()
     res = amct.quantize(str(case["model"]), str(case["weights"]), case["calib"], str(prefix),
-                        algo=algo)
+                        algo=base, bias_correction=variant != "nobc")
     t_q = time.perf_counter() - t0
     fg = load_caffe(str(case["model"]), str(case["weights"]))
     fk = load_caffe(res.outputs["fake_model"], res.outputs["fake_weights"])
@@ -376,8 +382,8 @@ def _measured_ort(name: str, work: Path) -> dict | None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=MODEL_NAMES)
-    ap.add_argument("--algos", nargs="+", default=["ifmr", "hfmg", "minmax"],
-                    choices=["ifmr", "hfmg", "minmax"])
+    ap.add_argument("--algos", nargs="+", default=["ifmr", "hfmg", "minmax"], choices=ALGOS,
+                    help="calibration presets; NAME_nobc: the same without bias correction")
     ap.add_argument("--work", default=str(REPO / "bench/_work/accuracy"))
     ap.add_argument("--json", default=None, help="per-layer report (default: WORK/layers.json)")
     ap.add_argument("--no-ort", action="store_true",

@@ -5,6 +5,7 @@ Usage::
     python bench/external.py --fetch                 # once: download, extract, verify
     python bench/external.py [--models res10 res10_fp16 nsfw age_net ...] [--no-ort]
                              [--work bench/_work/external] [--split bench|swap|mixed]
+                             [--no-bias-correction]
     /tmp/ppqvenv/bin/python bench/ppq_compare.py --work bench/_work/external \\
                              --models res10 nsfw     # PPQ beside them (docs/benchmarks_ort.md)
 
@@ -375,7 +376,7 @@ def matched_detections(ref: list[np.ndarray], got: list[np.ndarray],
 
 
 def run_model(name: str, models_dir: Path, work: Path, with_ort: bool,
-              split: str = "bench") -> dict:
+              split: str = "bench", bias_correction: bool = True) -> dict:
     import amct
     from amct.frontends.caffe import load_caffe
 
@@ -383,7 +384,7 @@ def run_model(name: str, models_dir: Path, work: Path, with_ort: bool,
     compare, det = case["compare"], case["detections"]
     t0 = time.perf_counter()
     res = amct.quantize(str(case["model"]), str(case["weights"]), case["calib"],
-                        str(work / name / "ifmr" / name))
+                        str(work / name / "ifmr" / name), bias_correction=bias_correction)
     row: dict = {"calib_inputs": sum(len(b) for b in case["calib"]),
                  "eval_inputs": sum(len(b) for b in case["eval"]),
                  "quantize_seconds": time.perf_counter() - t0,
@@ -468,6 +469,8 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default=str(WORK))
     ap.add_argument("--split", choices=acc.SPLITS, default="bench",
                     help="the division of the images (bench/ort_compare.py --split)")
+    ap.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
+                    help="ours without bias correction (results: ort_compare_nobc.json)")
     args = ap.parse_args(argv)
     work = Path(args.work)
     if args.fetch:
@@ -481,10 +484,10 @@ def main(argv=None) -> int:
         return 2
     models_dir = work
     work, _ = acc.split_work(work, args.split, args.models)
-    out = work / "ort_compare.json"
+    out = work / ("ort_compare.json" if args.bias_correction else "ort_compare_nobc.json")
     report = json.loads(out.read_text()) if out.exists() else {}
     for name in args.models:
-        row = run_model(name, models_dir, work, not args.no_ort, args.split)
+        row = run_model(name, models_dir, work, not args.no_ort, args.split, args.bias_correction)
         if args.no_ort:
             # Keep the ONNX Runtime figures of an earlier run beside the new ones.
             old = report.get(name, {}).get("outputs", {})

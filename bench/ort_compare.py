@@ -3,7 +3,7 @@
 Usage::
 
     python bench/ort_compare.py [--models lenet det1 det2 det3 cifar10 ultraface]
-                                [--algos ifmr hfmg] [--work bench/_work/ort]
+                                [--algos ifmr ifmr_nobc hfmg minmax] [--work bench/_work/ort]
                                 [--split bench|swap|mixed]
 
 For every model, with exactly the calibration and evaluation batches (and
@@ -171,8 +171,10 @@ def _print_model(name: str, row: dict, algos) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=acc.MODEL_NAMES)
-    ap.add_argument("--algos", nargs="+", default=["ifmr", "hfmg", "minmax"],
-                    choices=["ifmr", "hfmg", "minmax"])
+    ap.add_argument("--algos", nargs="+", default=["ifmr", "ifmr_nobc", "hfmg", "minmax"],
+                    choices=acc.ALGOS,
+                    help="our calibration presets (default: IFMR with and without bias "
+                         "correction, HFMG, minmax); NAME_nobc: without bias correction")
     ap.add_argument("--work", default=str(acc.REPO / "bench/_work/ort"))
     ap.add_argument("--split", choices=SPLITS, default="bench",
                     help="how the images are divided between calibration and evaluation "
