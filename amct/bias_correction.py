@@ -27,7 +27,7 @@ import attrs
 import numpy as np
 
 from amct.errors import ConfigError, DataError
-from amct.ir import Graph
+from amct.ir import Graph, Layer
 
 log = logging.getLogger("amct.bias_correction")
 
@@ -112,7 +112,7 @@ def shrunk_shift(diff: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return d * keep
 
 
-def _segments(fake: Graph, only: Iterable[str] | None = None) -> list[tuple[int, object]]:
+def _segments(fake: Graph, only: Iterable[str] | None = None) -> list[tuple[int, Layer]]:
     """(index of the DeQuant, DeQuant layer) of every correctable quantized layer
     (among ``only`` when given)."""
     wanted = None if only is None else set(only)
@@ -161,7 +161,7 @@ def measure_shifts(fake: Graph, float_means: Mapping[str, BatchMeans],
             last_read[v] = i
     # One program per input shape: a range after the Input layers runs on the
     # plan of the shapes its program was compiled for.
-    progs: dict[tuple, object] = {}
+    progs: dict[tuple, Any] = {}
     for f in feeds:
         key = tuple(sorted((k, np.shape(v)) for k, v in f.items()))
         if key not in progs:
@@ -206,7 +206,7 @@ def _subtract(arr: np.ndarray, shift: np.ndarray) -> np.ndarray:
     return np.subtract(arr, view, dtype=np.float32)
 
 
-def _shift_bias(layer, shift: np.ndarray) -> None:
+def _shift_bias(layer: Layer, shift: np.ndarray) -> None:
     """``bias -= shift``, giving a bias-less layer a bias."""
     if len(layer.blobs) >= 2:
         old = np.asarray(layer.blobs[1], np.float32)

@@ -13,6 +13,7 @@ import amct
 from amct.bias_correction import float_output_means, measure_shifts, shrunk_shift
 from amct.errors import ConfigError, DataError, QuantizationError
 from amct.ir import Graph, Layer
+from amct.quant.rounding import round_half_away
 from conftest import REPO, shared_or_skip
 
 
@@ -174,7 +175,7 @@ def test_lenet_corrected_layers_match_float_means(lenet_x, tmp_path) -> None:
         deq = _deq_scale(info[s.layer])
         bias_q = dep.layer(s.layer).blobs[1]
         assert bias_q.dtype == np.int32
-        np.testing.assert_array_equal(bias_q, np.round(b / deq).astype(np.int32))
+        np.testing.assert_array_equal(bias_q, round_half_away(b / deq).astype(np.int32))
 
 
 def test_correct_bias_errors(lenet_x, tmp_path) -> None:
@@ -193,6 +194,44 @@ def test_correct_bias_errors(lenet_x, tmp_path) -> None:
         amct.correct_bias(g, [lenet_x], layers=["conv1", "pool1"])
     with pytest.raises(DataError, match="batch 0: input 'data' has shape"):
         amct.correct_bias(g, [np.repeat(lenet_x, 3, axis=1)])
+
+
+BIASLESS = """
+name: "nobias"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 12 dim: 12 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 6 kernel_size: 3 bias_term: false } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "conv2" type: "Convolution" bottom: "conv1" top: "conv2"
+        convolution_param { num_output: 4 kernel_size: 3 } }
+"""
+
+
+def test_a_layer_without_bias_gets_one(tmp_path) -> None:
+    # conv1 has bias_term: false; its correction needs a bias, which both emitted
+    # models then carry (float in fake-quant, int32 in deploy, bias_term true).
+    from amct.frontends.caffe import load_caffe, save_caffe
+    from amct.ir.random import random_weights
+
+    model, weights = tmp_path / "n.prototxt", tmp_path / "n.caffemodel"
+    model.write_text(BIASLESS)
+    save_caffe(random_weights(load_caffe(str(model)), seed=3), str(model), str(weights))
+    x = np.random.default_rng(0).uniform(-1, 1, (4, 3, 12, 12)).astype(np.float32)
+    res = amct.quantize(str(model), str(weights), [x[:2], x[2:]], str(tmp_path / "o" / "n"))
+    assert sorted(res.bias_shifts) == ["conv1"]                 # conv2 is the head
+    fake = amct.load_caffe(res.outputs["fake_model"], res.outputs["fake_weights"])
+    dep = amct.load_caffe(res.outputs["deploy_model"], res.outputs["deploy_weights"])
+    for g, dtype in ((fake, np.float32), (dep, np.int32)):
+        conv1 = g.layer("conv1")
+        assert conv1.params.convolution_param.bias_term
+        assert len(conv1.blobs) == 2 and conv1.blobs[1].dtype == dtype and conv1.blobs[1].shape == (6,)
+    assert np.abs(fake.layer("conv1").blobs[1]).max() > 0
+    # The bias is -shift, on the int32 grid of deq_scale.
+    deq = _deq_scale(json.loads(Path(res.outputs["quant_json"]).read_text())["layers"]["conv1"])
+    err = np.abs(fake.layer("conv1").blobs[1] + res.bias_shifts["conv1"])
+    assert (err <= deq / 2 * (1 + 1e-5)).all(), err / deq
+    np.testing.assert_array_equal(dep.layer("conv1").blobs[1],
+                                  round_half_away(-res.bias_shifts["conv1"] / deq).astype(np.int32))
 
 
 def test_quantize_without_bias_correction_is_amct_flow(lenet_x, tmp_path) -> None:
