@@ -33,6 +33,10 @@ log = logging.getLogger("amct.bias_correction")
 
 #: Layer types whose bias can absorb a per-channel shift.
 CORRECTABLE_TYPES = ("Convolution", "Deconvolution", "InnerProduct")
+#: Activation memory the sweep may hold for all calibration batches at once.
+#: Beyond it the correction measures on the first batches that fit: channel
+#: means settle long before thousands of images.
+DEFAULT_MEMORY_BUDGET = 2 << 30
 
 
 @attrs.frozen
@@ -146,19 +150,44 @@ def default_layers(fake: Graph) -> list[str]:
     return [n for n in quantized if n not in heads]
 
 
+class _Plan:
+    """Which values each layer of ``fake`` reads and writes, and the last reader of each."""
+
+    def __init__(self, fake: Graph) -> None:
+        self.reads = [fake.input_values(x) for x in fake.layers]
+        self.writes = [fake.output_values(x) for x in fake.layers]
+        self.last_read: dict[str, int] = {}
+        for i, vids in enumerate(self.reads):
+            for v in vids:
+                self.last_read[v] = i
+
+    def live_after(self, end: int) -> list[str]:
+        """Values written at or before layer ``end`` that a later layer reads
+        (net inputs included)."""
+        written = [v for vids in self.writes[:end + 1] for v in vids]
+        return [v for v in written if self.last_read.get(v, -1) > end]
+
+
+def sweep_bytes_per_input(fake: Graph, boundaries: Sequence[int],
+                          input_shapes: Mapping[str, Sequence[int]]) -> int:
+    """The most bytes the sweep holds per calibration input at a segment boundary."""
+    plan = _Plan(fake)
+    shapes = fake.infer_value_shapes({k: tuple(v) for k, v in input_shapes.items()})
+    batch = max(int(next(iter(input_shapes.values()))[0]), 1)
+    worst = 0
+    for end in boundaries:
+        live = plan.live_after(end)
+        worst = max(worst, sum(4 * int(np.prod(shapes[v])) for v in live if v in shapes))
+    return -(-worst // batch)
+
+
 def measure_shifts(fake: Graph, float_means: Mapping[str, BatchMeans],
                    feeds: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """The sequential per-channel shifts of the layers in ``float_means``, in
     ``fake`` (edited: its float biases are corrected as the sweep goes)."""
     from amct.runtime import compile as compile_graph
 
-    layers = fake.layers
-    reads = [fake.input_values(x) for x in layers]
-    writes = [fake.output_values(x) for x in layers]
-    last_read: dict[str, int] = {}
-    for i, vids in enumerate(reads):
-        for v in vids:
-            last_read[v] = i
+    plan = _Plan(fake)
     # One program per input shape: a range after the Input layers runs on the
     # plan of the shapes its program was compiled for.
     progs: dict[tuple, Any] = {}
@@ -172,30 +201,32 @@ def measure_shifts(fake: Graph, float_means: Mapping[str, BatchMeans],
     start = 0
     for end, dq in _segments(fake, float_means):
         name = dq.params.dequant_param.object_layer
-        out_vid = writes[end][0]
-        produced = {v for i in range(start, end + 1) for v in writes[i]}
-        needed = {v for i in range(start, end + 1) for v in reads[i]} - produced
+        out_vid = plan.writes[end][0]
+        produced = {v for i in range(start, end + 1) for v in plan.writes[i]}
+        needed = {v for i in range(start, end + 1) for v in plan.reads[i]} - produced
         means = []
         for prog, values in zip(prog_of, live):
             feed = {v: values[v] for v in needed if v in values}
             if start == 0:
                 feed.update({k: values[k] for k in fake.inputs if k in values})
-            got = prog.forward(feed, start=start, end=end, keep=True)
-            values.update(got)
+            values.update(prog.forward(feed, start=start, end=end, keep=True))
             s, n = _channel_sums(values[out_vid])
             means.append(s / n)
+            # Only what later segments read stays (and this layer's output,
+            # until its shift is known): one batch's intermediates at a time.
+            for v in [v for v in values if plan.last_read.get(v, -1) <= end and v != out_vid]:
+                del values[v]
         ref = float_means.get(name)
         if ref is not None and ref.means.shape == (len(means), np.size(means[0])):
             shift = shrunk_shift(np.stack(means) - ref.means, ref.counts).astype(np.float32)
-            layer = fake.layer(name)
-            _shift_bias(layer, shift)
+            _shift_bias(fake.layer(name), shift)
             for values in live:
                 # The DeQuant is the identity: its output moves exactly as the bias.
                 values[out_vid] = _subtract(values[out_vid], shift)
             shifts[name] = shift
-        for values in live:
-            for v in [v for v in values if last_read.get(v, -1) <= end]:
-                del values[v]
+        if plan.last_read.get(out_vid, -1) <= end:
+            for values in live:
+                values.pop(out_vid, None)
         start = end + 1
     return shifts
 
@@ -218,8 +249,24 @@ def _shift_bias(layer: Layer, shift: np.ndarray) -> None:
     param.bias_term = True
 
 
-def correct_bias(graph: Graph, batches: Iterable[Any],
-                 layers: Iterable[str] | None = None) -> list[BiasShift]:
+def _within_budget(feeds: list[dict], per_input: int, budget: int) -> list[dict]:
+    """The first feeds whose inputs' sweep memory fits ``budget`` (at least one)."""
+    total, n = 0, 0
+    for feed in feeds:
+        total += per_input * len(next(iter(feed.values())))
+        if n and total > budget:
+            break
+        n += 1
+    if n < len(feeds):
+        log.info("bias correction: measuring on the first %d of %d batches; all of them would "
+                 "hold about %.0f MB of activations (memory_budget %.0f MB)", n, len(feeds),
+                 per_input * sum(len(next(iter(f.values()))) for f in feeds) / 2**20,
+                 budget / 2**20)
+    return feeds[:n]
+
+
+def correct_bias(graph: Graph, batches: Iterable[Any], layers: Iterable[str] | None = None,
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET) -> list[BiasShift]:
     """Correct the biases of the calibrated ``graph`` in place.
 
     ``graph`` is the graph ``init`` returned, after ``quantize_model`` and the
@@ -230,6 +277,10 @@ def correct_bias(graph: Graph, batches: Iterable[Any],
     Convolution, Deconvolution or InnerProduct is a ``ConfigError``.
     ``save_model`` then writes the corrected biases.  Returns the shifts
     applied, in execution order.
+
+    The sweep holds the live activations of every batch at once; when that
+    would exceed ``memory_budget`` bytes, only the first batches that fit are
+    used (logged).
     """
     from amct.api import _feeds, quantized_graph
     from amct.backends.ascend.fake_quant import build_fake_quant
@@ -254,6 +305,9 @@ def correct_bias(graph: Graph, batches: Iterable[Any],
                               f"Deconvolution or InnerProduct layers (those are: "
                               f"{', '.join(correctable)})")
     names = [n for n in correctable if n in chosen]
+    per_input = sweep_bytes_per_input(fake, [i for i, _ in _segments(fake, names)],
+                                      {k: np.shape(v) for k, v in feeds[0].items()})
+    feeds = _within_budget(feeds, per_input, memory_budget)
     means = float_output_means(float_graph, names, feeds)
     shifts = measure_shifts(fake, means, feeds)
     out = []

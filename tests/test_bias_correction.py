@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import amct
-from amct.bias_correction import float_output_means, measure_shifts, shrunk_shift
+from amct.bias_correction import (float_output_means, measure_shifts, shrunk_shift,
+                                   sweep_bytes_per_input)
 from amct.errors import ConfigError, DataError, QuantizationError
 from amct.ir import Graph, Layer
 from amct.quant.rounding import round_half_away
@@ -106,6 +107,15 @@ def test_batches_of_different_sizes() -> None:
     assert shifts["ip2"] == pytest.approx([0.1], abs=1e-6)
 
 
+def test_sweep_memory_per_input_by_hand() -> None:
+    # After ip1's DeQuant (layer 3) later layers read only ip1's output, (4, 1)
+    # float32 = 16 bytes for a batch of 4; after ip2's (layer 6), nothing.
+    _, fake = _nets()
+    assert sweep_bytes_per_input(fake, [3], {"data": (4, 1)}) == 4
+    assert sweep_bytes_per_input(fake, [6], {"data": (4, 1)}) == 0
+    assert sweep_bytes_per_input(fake, [3, 6], {"data": (8, 1)}) == 4
+
+
 # ------------------------------------------------------------ through the API
 def _calibrated(tmp, x):
     """LeNet through create_quant_config .. the calibration forwards, on one batch."""
@@ -176,6 +186,23 @@ def test_lenet_corrected_layers_match_float_means(lenet_x, tmp_path) -> None:
         bias_q = dep.layer(s.layer).blobs[1]
         assert bias_q.dtype == np.int32
         np.testing.assert_array_equal(bias_q, round_half_away(b / deq).astype(np.int32))
+
+
+def test_memory_budget_keeps_the_first_batches(lenet_x, tmp_path, caplog) -> None:
+    # A budget below one batch: the correction measures on the first batch
+    # alone, exactly as if it had been given only that one.
+    import logging
+
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    g, _, _ = _calibrated(tmp_path / "a", lenet_x)
+    with caplog.at_level(logging.INFO, logger="amct.bias_correction"):
+        capped = amct.correct_bias(g, [lenet_x[:8], lenet_x[8:]], memory_budget=1)
+    assert "first 1 of 2 batches" in caplog.text
+    g2, _, _ = _calibrated(tmp_path / "b", lenet_x)
+    alone = amct.correct_bias(g2, [lenet_x[:8]])
+    assert [s.layer for s in capped] == [s.layer for s in alone]
+    for a, b in zip(capped, alone):
+        np.testing.assert_array_equal(a.shift, b.shift)
 
 
 def test_correct_bias_errors(lenet_x, tmp_path) -> None:
