@@ -239,6 +239,22 @@ def test_deconv_is_conv_transpose():
     np.testing.assert_allclose(np.vdot(cx, y), np.vdot(xs, dy), rtol=1e-4)
 
 
+@pytest.mark.parametrize("cin,og,group", [(32, 1, 32), (4, 2, 4), (1, 3, 1)])
+def test_deconv_one_input_channel_per_group(cin, og, group):
+    """Depthwise and single-input deconvolutions take the broadcast path; float
+    result as the direct scatter reference (qr_sr's geometry: k3, s2, p1)."""
+    rng = np.random.default_rng(11)
+    w = rng.standard_normal((cin, og, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(og * group).astype(np.float32)
+    x = rng.standard_normal((2, cin, 9, 7)).astype(np.float32)
+    p = {"num_output": og * group, "kernel_size": [3], "stride": [2], "pad": [1], "group": group}
+    (y,) = forward(make_layer("Deconvolution", [w, b], convolution_param=p), x)
+    ref = deconv_reference(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64),
+                           2, 1, group)
+    assert y.shape == ref.shape == (2, og * group, 17, 13)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
 def test_inner_product_by_hand():
     x = np.array([[1, 2, 3], [4, 5, 6]], np.float32)
     w = np.array([[1, 0, -1], [2, 2, 2]], np.float32)
@@ -370,6 +386,9 @@ def test_int_conv_exact_at_extremes():
     ("Convolution", {"num_output": 5, "kernel_size": [1]}, (5, 4, 1, 1), (2, 4, 3, 3)),
     ("Deconvolution", {"num_output": 6, "kernel_size": [3], "stride": [2], "pad": [1],
                        "group": 2}, (4, 3, 3, 3), (2, 4, 5, 6)),
+    # depthwise (one input channel per group: the broadcast path), 2 outputs per group
+    ("Deconvolution", {"num_output": 8, "kernel_size": [3], "stride": [2], "pad": [1],
+                       "group": 4}, (4, 2, 3, 3), (2, 4, 5, 6)),
     ("InnerProduct", {"num_output": 7}, (7, 60), (3, 4, 3, 5)),
 ])
 def test_int_mode_matches_exact_reference(ltype, params, wshape, xshape):

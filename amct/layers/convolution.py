@@ -439,7 +439,12 @@ def _deconv_kernel(spec: ConvSpec, in_shape: Shape, weight: np.ndarray, bias: np
         for n0, n1 in img_chunks:
             nbi = n1 - n0
             col = buf[:nbi * per_img]
-            if g == 1:
+            if cing == 1:
+                # One input channel per group (depthwise): the GEMM is an outer
+                # product, which matmul runs ~10x slower than a broadcast multiply.
+                np.multiply(wt, x[n0:n1].reshape(nbi, g, 1, h * w),
+                            out=col.reshape(nbi, g, coutg * taps, h * w))
+            elif g == 1:
                 np.matmul(w2, x[n0:n1], out=col.reshape(nbi, coutg * taps, h * w))
             else:
                 np.matmul(wt, x[n0:n1].reshape(nbi, g, cing, h * w),
