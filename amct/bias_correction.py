@@ -249,20 +249,8 @@ def _shift_bias(layer: Layer, shift: np.ndarray) -> None:
     param.bias_term = True
 
 
-def _within_budget(feeds: list[dict], per_input: int, budget: int) -> list[dict]:
-    """The first feeds whose inputs' sweep memory fits ``budget`` (at least one)."""
-    total, n = 0, 0
-    for feed in feeds:
-        total += per_input * len(next(iter(feed.values())))
-        if n and total > budget:
-            break
-        n += 1
-    if n < len(feeds):
-        log.info("bias correction: measuring on the first %d of %d batches; all of them would "
-                 "hold about %.0f MB of activations (memory_budget %.0f MB)", n, len(feeds),
-                 per_input * sum(len(next(iter(f.values()))) for f in feeds) / 2**20,
-                 budget / 2**20)
-    return feeds[:n]
+def _inputs(feed: Mapping[str, np.ndarray]) -> int:
+    return len(next(iter(feed.values())))
 
 
 def correct_bias(graph: Graph, batches: Iterable[Any], layers: Iterable[str] | None = None,
@@ -278,18 +266,20 @@ def correct_bias(graph: Graph, batches: Iterable[Any], layers: Iterable[str] | N
     ``save_model`` then writes the corrected biases.  Returns the shifts
     applied, in execution order.
 
-    The sweep holds the live activations of every batch at once; when that
-    would exceed ``memory_budget`` bytes, only the first batches that fit are
-    used (logged).
+    The sweep holds the live activations of every batch at once; ``batches``
+    is read lazily and only while that stays within ``memory_budget`` bytes
+    (the first batch always; a cut is logged).
     """
     from amct.api import _feeds, quantized_graph
     from amct.backends.ascend.fake_quant import build_fake_quant
     from amct.passes.remove_calibration import REMOVED_TYPES
 
     declared = graph.input_shapes()
-    feeds = [_feeds(b, graph.inputs, i, declared) for i, b in enumerate(batches)]
-    if not feeds:
+    batches = iter(batches)
+    first = next(batches, None)
+    if first is None:
         raise DataError("bias correction needs at least one batch of calibration inputs")
+    feeds = [_feeds(first, graph.inputs, 0, declared)]
     fake = build_fake_quant(quantized_graph(graph))
     float_graph = graph.copy()
     for x in [x for x in float_graph.layers if x.type in REMOVED_TYPES]:
@@ -307,7 +297,17 @@ def correct_bias(graph: Graph, batches: Iterable[Any], layers: Iterable[str] | N
     names = [n for n in correctable if n in chosen]
     per_input = sweep_bytes_per_input(fake, [i for i, _ in _segments(fake, names)],
                                       {k: np.shape(v) for k, v in feeds[0].items()})
-    feeds = _within_budget(feeds, per_input, memory_budget)
+    # Batches are read lazily and only while their sweep memory fits the budget.
+    held = per_input * _inputs(feeds[0])
+    for i, batch in enumerate(batches, 1):
+        feed = _feeds(batch, graph.inputs, i, declared)
+        if held + per_input * _inputs(feed) > memory_budget:
+            log.info("bias correction: measuring on the first %d batches; the next would take "
+                     "the sweep's activations over memory_budget (%.0f MB)", len(feeds),
+                     memory_budget / 2**20)
+            break
+        feeds.append(feed)
+        held += per_input * _inputs(feed)
     means = float_output_means(float_graph, names, feeds)
     shifts = measure_shifts(fake, means, feeds)
     out = []

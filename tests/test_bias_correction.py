@@ -195,9 +195,17 @@ def test_memory_budget_keeps_the_first_batches(lenet_x, tmp_path, caplog) -> Non
 
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     g, _, _ = _calibrated(tmp_path / "a", lenet_x)
+    read = []
+
+    def batches():                      # read lazily: the second batch is read, not used
+        for b in (lenet_x[:8], lenet_x[8:], None):
+            read.append(b is not None)
+            yield b
+
     with caplog.at_level(logging.INFO, logger="amct.bias_correction"):
-        capped = amct.correct_bias(g, [lenet_x[:8], lenet_x[8:]], memory_budget=1)
-    assert "first 1 of 2 batches" in caplog.text
+        capped = amct.correct_bias(g, batches(), memory_budget=1)
+    assert "measuring on the first 1 batches" in caplog.text
+    assert read == [True, True]         # stopped before asking for a third
     g2, _, _ = _calibrated(tmp_path / "b", lenet_x)
     alone = amct.correct_bias(g2, [lenet_x[:8]])
     assert [s.layer for s in capped] == [s.layer for s in alone]

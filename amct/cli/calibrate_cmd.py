@@ -122,8 +122,8 @@ def calibrate(args, graph, ds, bs: int) -> tuple[dict[str, str], int]:
     for batch in common.progress(ds.batches(bs, batch_num), n, "calibrate", args):
         prog.run(batch)
     if getattr(args, "bias_correction", True):
-        # The same batches again: the correction runs the fake-quant model on them.
-        shifts = amct.correct_bias(g, list(ds.batches(bs, batch_num)))
+        # The same batches again, read lazily: the correction runs the fake-quant model on them.
+        shifts = amct.correct_bias(g, ds.batches(bs, batch_num))
         log.info("bias correction: %d layers", len(shifts))
     out = amct.save_model(g, args.save_type, args.save_path)
     log.info("config and record in %s", work)
