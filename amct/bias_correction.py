@@ -219,6 +219,9 @@ def measure_shifts(fake: Graph, float_means: Mapping[str, BatchMeans],
         ref = float_means.get(name)
         if ref is not None and ref.means.shape == (len(means), np.size(means[0])):
             shift = shrunk_shift(np.stack(means) - ref.means, ref.counts).astype(np.float32)
+            if not np.isfinite(shift).all():
+                raise DataError(f"bias correction: layer '{name}': its output mean is not "
+                                "finite on these batches (NaN or Inf in the inputs?)")
             _shift_bias(fake.layer(name), shift)
             for values in live:
                 # The DeQuant is the identity: its output moves exactly as the bias.

@@ -227,6 +227,10 @@ def test_correct_bias_errors(lenet_x, tmp_path) -> None:
         amct.correct_bias(g, [])
     with pytest.raises(ConfigError, match="'pool1'"):
         amct.correct_bias(g, [lenet_x], layers=["conv1", "pool1"])
+    bad = lenet_x.copy()
+    bad[0, 0, 5, 5] = np.nan
+    with pytest.raises(DataError, match="layer 'conv1'.*not finite"):
+        amct.correct_bias(g, [bad])
     with pytest.raises(DataError, match="batch 0: input 'data' has shape"):
         amct.correct_bias(g, [np.repeat(lenet_x, 3, axis=1)])
 
