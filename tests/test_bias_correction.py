@@ -229,8 +229,11 @@ def test_correct_bias_errors(lenet_x, tmp_path) -> None:
         amct.correct_bias(g, [lenet_x], layers=["conv1", "pool1"])
     bad = lenet_x.copy()
     bad[0, 0, 5, 5] = np.nan
+    before = {n: np.array(g.layer(n).blobs[1]) for n in ("conv1", "conv2", "ip1")}
     with pytest.raises(DataError, match="layer 'conv1'.*not finite"):
         amct.correct_bias(g, [bad])
+    for n, b in before.items():                   # nothing applied on the way
+        np.testing.assert_array_equal(g.layer(n).blobs[1], b)
     with pytest.raises(DataError, match="batch 0: input 'data' has shape"):
         amct.correct_bias(g, [np.repeat(lenet_x, 3, axis=1)])
 
