@@ -152,6 +152,18 @@ def test_calibrate_writes_five_files_and_report(tmp_path, capsys):
     rep = _check_report(tmp_path / "cmp", 200, accuracy=True)
     acc = rep["outputs"][0]["accuracy"]
     assert acc["float"] > 0.97 and abs(acc["fake_quant"] - acc["float"]) <= 0.02
+    assert all(x["clip_reach"] <= 2.0 for x in rep["layers"])
+    assert "warning: the data reach" not in capsys.readouterr().out
+
+    # Pixels 8 times brighter than calibration saw: compare says where the data left the ranges.
+    assert cli.main(["--quiet", "compare", *LENET, "--data", TEST, "--scale", "1/32", "--batch-size", "100",
+                     "--batch-num", "1", "--save-path", str(prefix), "--report", str(tmp_path / "hot")]) == 0
+    hot = json.loads((tmp_path / "hot_report.json").read_text())
+    conv1 = next(x for x in hot["layers"] if x["layer"] == "conv1")
+    assert 7.0 < conv1["clip_reach"] < 8.1 and conv1["clip_ratio"] > 0.05
+    (warning,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("warning:")]
+    assert "the data reach beyond 2x the calibrated range at " in warning and "'conv1' (8.0" in warning
+    assert "## Data beyond the calibrated ranges" in (tmp_path / "hot_report.md").read_text()
 
     # convert from the record calibration wrote gives the same factors
     rec = tmp_path / "out" / "lenet_work" / "record.txt"

@@ -9,7 +9,7 @@ import pytest
 
 from amct.report.compare import Comparison, LayerResult, OutputResult, QuantLayerInfo
 from amct.report.stats import Agreement, ClipStats, PairStats
-from amct.report.write import build_report, markdown, write_report
+from amct.report.write import build_report, markdown, summary_lines, uncovered_layers, write_report
 
 
 def test_pair_stats_streaming_equals_whole():
@@ -42,6 +42,16 @@ def test_clip_and_agreement():
     c = ClipStats(-1.0, 2.0)
     c.update(np.array([-1.5, -1.0, 0.0, 2.0, 2.5, 3.0]))
     assert c.ratio == pytest.approx(3 / 6)
+    # Range width 3: 3.0 lies 4 from lo, -1.5 lies 3.5 from hi.
+    assert c.reach == pytest.approx(4 / 3)
+    inside = ClipStats(-1.0, 2.0)
+    inside.update(np.array([0.0, 1.0]))
+    assert inside.reach == pytest.approx(2 / 3) and inside.ratio == 0.0
+    assert ClipStats(-1.0, 2.0).reach is None               # no data yet
+    relu = ClipStats(0.0, 0.5)
+    relu.update(np.array([], np.float32))                     # an empty batch changes nothing
+    relu.update(np.array([0.0, 0.1, 1.75]))
+    assert relu.reach == pytest.approx(3.5)
     a = Agreement()
     a.update(np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]]), np.array([[0.2, 0.8], [0.1, 0.9], [0.4, 0.6]]))
     assert a.ratio == pytest.approx(2 / 3)
@@ -80,6 +90,13 @@ def test_report_files(tmp_path):
     assert rep["outputs"][0]["accuracy"] == {"float": 1.0, "fake_quant": 0.0}
     md = markdown(rep)
     assert "| `conv1` | Convolution | 0.02 | 3 | 0.1 | 0.3 | 50.0000 % |" in md
+    # conv1's values [0, 100] against its range [-2.62, 2.48]; pool's against [-6.4, 6.35].
+    assert conv["clip_reach"] == pytest.approx(102.62 / 5.1)
+    assert rep["layers"][1]["clip_reach"] == pytest.approx(106.4 / 12.75)
+    assert [x["layer"] for x in uncovered_layers(rep)] == ["conv1", "pool"]
+    assert "## Data beyond the calibrated ranges" in md and "- `conv1`: reach 20.12, 50.0000 %" in md
+    assert any(line.startswith("warning: the data reach beyond 2x the calibrated range at 'conv1'")
+               for line in summary_lines(rep))
     paths, note = write_report(rep, str(tmp_path / "r"), plot=True)
     assert json.loads((tmp_path / "r_report.json").read_text())["layers"][0]["layer"] == "conv1"
     if note is None:

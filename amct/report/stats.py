@@ -58,21 +58,41 @@ class PairStats:
 
 
 class ClipStats:
-    """Fraction of values outside [lo, hi] (the activation quantization range)."""
+    """Fraction of values outside [lo, hi] (the activation quantization range),
+    and how far beyond it the data reached."""
 
     def __init__(self, lo: float, hi: float) -> None:
         self.lo, self.hi = lo, hi
         self.count = 0
         self.clipped = 0
+        self.seen_min = math.inf
+        self.seen_max = -math.inf
 
     def update(self, x: np.ndarray) -> None:
         x = np.asarray(x)
+        if x.size == 0:
+            return
         self.count += x.size
         self.clipped += int(np.count_nonzero((x < self.lo) | (x > self.hi)))
+        self.seen_min = min(self.seen_min, float(x.min()))
+        self.seen_max = max(self.seen_max, float(x.max()))
 
     @property
     def ratio(self) -> float | None:
         return self.clipped / self.count if self.count else None
+
+    @property
+    def reach(self) -> float | None:
+        """The span the data needed, in units of the range's width: the larger
+        of ``(max - lo) / (hi - lo)`` and ``(hi - min) / (hi - lo)``.
+
+        At most 1.0 when nothing was clipped.  IFMR clips deliberately, to
+        about 1/0.7 of its range on the calibration data itself; far beyond
+        that, the data reach values that calibration never saw."""
+        width = self.hi - self.lo
+        if not self.count or width <= 0:
+            return None
+        return max((self.seen_max - self.lo) / width, (self.hi - self.seen_min) / width)
 
 
 class Agreement:

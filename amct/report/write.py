@@ -36,6 +36,7 @@ def build_report(cmp: Comparison, *, kind: str, models: dict[str, str | None], d
             "channel_wise": bool(weighted and i.scale_w.size > 1),
             "quant_layer": i.quant_layer, "dequant_layer": i.dequant_layer,
             "clip_ratio": r.clip.ratio,
+            "clip_reach": r.clip.reach,
             "fake_quant": r.fake.to_json(),
             "deploy": r.deploy.to_json() if r.deploy is not None else None,
         })
@@ -84,11 +85,12 @@ def markdown(report: dict) -> str:
               "## Quantized layers", "",
               "scale_d/offset_d: activation factors of the layer's input; scale_w: weight scale "
               "range over output channels; clip ratio: fraction of the input values outside the "
-              "INT8 range (float pass); cosine/SQNR/max error: the layer's output in the fake-quant "
+              "INT8 range (float pass); reach: the span the input values needed, in units of the "
+              "range's width (at most 1 when nothing is clipped); cosine/SQNR/max error: the layer's output in the fake-quant "
               "model against the float model" + (" (and the deploy simulation)" if has_dep else "")
               + ".", ""]
     head = ["layer", "type", "scale_d", "offset_d", "scale_w min", "scale_w max", "clip ratio",
-            "cosine", "SQNR dB", "max error"]
+            "reach", "cosine", "SQNR dB", "max error"]
     if has_dep:
         head += ["deploy cosine", "deploy SQNR dB"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -97,11 +99,21 @@ def markdown(report: dict) -> str:
         row = [f"`{x['layer']}`", x["type"], _f(x["scale_d"], "{:.6g}"), str(x["offset_d"]),
                _f(x["scale_w_min"], "{:.4g}"), _f(x["scale_w_max"], "{:.4g}"),
                _f(None if x["clip_ratio"] is None else 100 * x["clip_ratio"], "{:.4f} %"),
+               _f(x.get("clip_reach"), "{:.2f}"),
                _f(fq["cosine"], "{:.6f}"), _f(fq["sqnr_db"], "{:.2f}"), _f(fq["max_abs_error"], "{:.4g}")]
         if has_dep:
             dp = x["deploy"] or {}
             row += [_f(dp.get("cosine"), "{:.6f}"), _f(dp.get("sqnr_db"), "{:.2f}")]
         lines.append("| " + " | ".join(row) + " |")
+    beyond = uncovered_layers(report)
+    if beyond:
+        lines += ["", "## Data beyond the calibrated ranges", "",
+                  f"The inputs of these layers reached more than {COVERAGE_REACH:g} times their "
+                  "quantization range's width, far more than IFMR's deliberate clipping; the "
+                  "calibration data do not represent this data there. Calibrating on data like it "
+                  "is the remedy (docs/benchmarks_ort.md, the `covered` division).", ""]
+        lines += [f"- `{x['layer']}`: reach {x['clip_reach']:.2f}, "
+                  f"{100 * x['clip_ratio']:.4f} % of the values clipped" for x in beyond]
     lines += ["", "## Network outputs", "",
               "| output | cosine | SQNR dB | max error | top-1 agreement | accuracy (float / fake-quant"
               + (" / deploy" if has_dep else "") + ") |", "|---|---|---|---|---|---|"]
@@ -148,6 +160,19 @@ def write_report(report: dict, prefix: str, plot: bool = True) -> tuple[list[str
     return paths, note
 
 
+#: A reach above this flags a layer whose data calibration did not cover.
+#: IFMR's search clips down to 0.7 of the percentile maximum, a reach of
+#: about 1.43 on the calibration data; twice the range is well beyond it.
+COVERAGE_REACH = 2.0
+
+
+def uncovered_layers(report: dict) -> list[dict]:
+    """The report's layers whose input reached beyond ``COVERAGE_REACH``, farthest first."""
+    beyond = [x for x in report["layers"]
+              if x.get("clip_reach") is not None and x["clip_reach"] > COVERAGE_REACH]
+    return sorted(beyond, key=lambda x: (-x["clip_reach"], x["layer"]))
+
+
 def summary_lines(report: dict) -> list[str]:
     """A few lines for the console: worst layer and output agreement."""
     out = []
@@ -156,6 +181,12 @@ def summary_lines(report: dict) -> list[str]:
         worst = min(layers, key=lambda x: x["fake_quant"]["cosine"])
         out.append(f"{len(layers)} quantized layers; lowest cosine {worst['fake_quant']['cosine']:.6f} "
                    f"at '{worst['layer']}' (SQNR {_f(worst['fake_quant']['sqnr_db'], '{:.2f}')} dB)")
+    beyond = uncovered_layers(report)
+    if beyond:
+        names = ", ".join(f"'{x['layer']}' ({x['clip_reach']:.2f})" for x in beyond[:5])
+        more = f" and {len(beyond) - 5} more" if len(beyond) > 5 else ""
+        out.append(f"warning: the data reach beyond {COVERAGE_REACH:g}x the calibrated range at "
+                   f"{names}{more}: calibrate on data like this")
     for o in report["outputs"]:
         via = f" (input of '{o['stands_for']}')" if o.get("stands_for") else ""
         s = f"output '{o['blob']}'{via}: cosine {_f(o['fake_quant']['cosine'], '{:.6f}')}"
@@ -172,4 +203,5 @@ def summary_lines(report: dict) -> list[str]:
     return out
 
 
-__all__ = ["build_report", "markdown", "write_report", "summary_lines", "PLOT_HINT", "_finite"]
+__all__ = ["build_report", "markdown", "write_report", "summary_lines", "uncovered_layers",
+           "COVERAGE_REACH", "PLOT_HINT", "_finite"]
