@@ -5,6 +5,7 @@ Usage::
     python bench/accuracy.py [--models lenet det1 det2 det3 cifar10 ultraface]
                              [--algos ifmr hfmg] [--work bench/_work/accuracy]
                              [--json bench/_work/accuracy/layers.json] [--no-ort]
+                             [--split bench|swap|mixed|covered]
 
 * LeNet: calibrated on 100 MNIST *training* images (a spread over the
   label-sorted 5k file: every 50th row, 2 batches of 50), evaluated on the
@@ -17,7 +18,10 @@ Usage::
   output, fake-quant vs fp32, printed beside ONNX Runtime INT8 measured on
   the same batches (the best of ``bench/ort_compare.py``'s three variants,
   when onnxruntime is installed) and the issue's quoted ONNX Runtime
-  figures, which come from other images.
+  figures, which come from other images.  ``--split`` divides the images
+  otherwise (``split_case``); ``covered`` also calibrates on the evaluation
+  images, to tell what uncovered calibration data cost from what the method
+  costs.
 * A per-layer table for every model and algorithm (scale_d, offset_d, clip
   ratio = share of the layer's input values outside the int8 range, cosine of
   the layer's float output vs its fake-quant output) written as JSON.
@@ -170,15 +174,22 @@ def shared_missing() -> bool:
 
 #: Other ways to divide the bench's images between calibration and evaluation,
 #: to check that a result is not an artefact of one division (``--split``).
-SPLITS = ("bench", "swap", "mixed")
+#: "covered" is not held out: it calibrates on the evaluation images too, to
+#: separate what calibration data that do not cover the evaluation images
+#: cost from what the method costs.
+SPLITS = ("bench", "swap", "mixed", "covered")
 
 
 def split_case(case: dict, split: str) -> dict:
     """``case`` with its batches re-divided: "swap" exchanges calibration and
     evaluation; "mixed" pools both and gives the first half of every batch
-    (an image's first views or crops) to calibration, the rest to evaluation."""
+    (an image's first views or crops) to calibration, the rest to evaluation;
+    "covered" calibrates on the calibration and the evaluation batches and
+    evaluates on the evaluation batches (a coverage check, not held out)."""
     if split == "bench":
         return case
+    if split == "covered":
+        return dict(case, calib=case["calib"] + case["eval"])
     if split == "swap":
         return dict(case, calib=case["eval"], eval=case["calib"])
     pooled = case["calib"] + case["eval"]
@@ -338,12 +349,14 @@ def bench_lenet(algos, work: Path, report: dict) -> None:
         report.setdefault("lenet", {})[algo] = row
 
 
-def bench_cosine(name: str, algos, work: Path, report: dict, ort: dict | None = None) -> None:
+def bench_cosine(name: str, algos, work: Path, report: dict, ort: dict | None = None,
+                 split: str = "bench") -> None:
     """``ort``: ONNX Runtime cosines measured on these batches, printed beside
     the issue's quoted figures (which come from other images)."""
-    case = model_case(name)
+    case = split_case(model_case(name), split)
+    other = "of them" if split == "covered" else "other"
     print(f"{name}: calibration {sum(len(b) for b in case['calib'])} inputs, "
-          f"evaluation {sum(len(b) for b in case['eval'])} other inputs")
+          f"evaluation {sum(len(b) for b in case['eval'])} {other} inputs (division {split})")
     for algo in algos:
         r = run_flow(name, algo, case, work)
         fg, fk, dp = r["graphs"]
@@ -366,7 +379,7 @@ def bench_cosine(name: str, algos, work: Path, report: dict, ort: dict | None = 
         report.setdefault(name, {})[algo] = row
 
 
-def _measured_ort(name: str, work: Path) -> dict | None:
+def _measured_ort(name: str, work: Path, split: str = "bench") -> dict | None:
     """{output: the best ORT INT8 cosine of ort_compare's three variants} on
     this bench's batches; None without onnxruntime."""
     try:
@@ -375,7 +388,7 @@ def _measured_ort(name: str, work: Path) -> dict | None:
         return None
     from ort_compare import measure_ort
 
-    row = measure_ort(name, model_case(name), work / "ort")
+    row = measure_ort(name, split_case(model_case(name), split), work / "ort")
     return {k: max(v.values()) for k, v in row["outputs"].items()}
 
 
@@ -389,10 +402,14 @@ def main(argv=None) -> int:
     ap.add_argument("--no-ort", action="store_true",
                     help="do not measure ONNX Runtime INT8 on the same images (measured by "
                          "default when onnxruntime is installed; see bench/ort_compare.py)")
+    ap.add_argument("--split", choices=SPLITS, default="bench",
+                    help="the division of the images into calibration and evaluation "
+                         "(swap, mixed: held out; covered: calibrates on the evaluation images "
+                         "too); LeNet runs on the bench division only")
     args = ap.parse_args(argv)
     if shared_missing():
         return 2
-    work = Path(args.work)
+    work, args.models = split_work(Path(args.work), args.split, args.models)
     report: dict = {}
     for name in args.models:
         t = time.perf_counter()
@@ -400,7 +417,7 @@ def main(argv=None) -> int:
             bench_lenet(args.algos, work, report)
         else:
             bench_cosine(name, args.algos, work, report,
-                         None if args.no_ort else _measured_ort(name, work))
+                         None if args.no_ort else _measured_ort(name, work, args.split), args.split)
         print(f"  ({time.perf_counter() - t:.1f} s)\n")
     out = Path(args.json or work / "layers.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@ Usage::
 
     python bench/external.py --fetch                 # once: download, extract, verify
     python bench/external.py [--models res10 res10_fp16 nsfw age_net ...] [--no-ort]
-                             [--work bench/_work/external] [--split bench|swap|mixed]
+                             [--work bench/_work/external] [--split bench|swap|mixed|covered]
                              [--no-bias-correction]
     /tmp/ppqvenv/bin/python bench/ppq_compare.py --work bench/_work/external \\
                              --models res10 nsfw     # PPQ beside them (docs/benchmarks_ort.md)
@@ -48,7 +48,7 @@ images, evaluation: 4 others, 10 views each):
   batches (the net up to the compared outputs, exported by
   ``bench/onnx_export.py``).
 
-``--split swap|mixed`` re-divides the images as ``bench/ort_compare.py`` does
+``--split swap|mixed|covered`` re-divides the images as ``bench/ort_compare.py`` does
 (results in ``WORK/split_<split>/``).
 
 Results: ``WORK/ort_compare.json`` (the layout ``bench/ppq_compare.py`` reads).

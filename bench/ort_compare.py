@@ -4,7 +4,7 @@ Usage::
 
     python bench/ort_compare.py [--models lenet det1 det2 det3 cifar10 ultraface]
                                 [--algos ifmr ifmr_nobc hfmg minmax] [--work bench/_work/ort]
-                                [--split bench|swap|mixed]
+                                [--split bench|swap|mixed|covered]
 
 For every model, with exactly the calibration and evaluation batches (and
 preprocessing) of ``bench/accuracy.py``:
@@ -24,6 +24,8 @@ preprocessing) of ``bench/accuracy.py``:
 and ``--split mixed`` (half of every image's views or crops each way) repeat
 the comparison on other divisions of the same images, into
 ``WORK/split_<split>/``: held-out checks for the default config's rules.
+``--split covered`` calibrates on the evaluation images too (not held out):
+what a calibration set that covers the evaluation images changes.
 
 Results: ``WORK/ort_compare.json``.  Needs ``onnx``, ``onnxruntime`` and
 ``shared/models``.
@@ -178,7 +180,8 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default=str(acc.REPO / "bench/_work/ort"))
     ap.add_argument("--split", choices=SPLITS, default="bench",
                     help="how the images are divided between calibration and evaluation "
-                         "(swap, mixed: held-out checks; LeNet always uses its own split)")
+                         "(swap, mixed: held-out checks; covered: calibrates on the evaluation "
+                         "images too; LeNet always uses its own split)")
     args = ap.parse_args(argv)
     if acc.shared_missing():
         return 2

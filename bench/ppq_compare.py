@@ -5,7 +5,7 @@ Usage::
     /tmp/ppqvenv/bin/python bench/ppq_compare.py
         [--models lenet det1 det2 det3 cifar10 ultraface]
         [--platforms TRT_INT8 ASC_INT8] [--work bench/_work/ort]
-        [--split bench|swap|mixed]
+        [--split bench|swap|mixed|covered]
     /tmp/ppqvenv/bin/python bench/ppq_compare.py --work bench/_work/external \
         --models res10 res10_fp16 nsfw       # after bench/external.py
 

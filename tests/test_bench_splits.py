@@ -47,6 +47,12 @@ def test_mixed_gives_each_batch_first_half_to_calibration() -> None:
     assert sorted(flat) == [0, 1, 2, 3, 4, 5, 6, 10, 11]
 
 
+def test_covered_calibrates_on_both_and_evaluates_on_the_evaluation_batches() -> None:
+    s = split_case(_case(), "covered")
+    assert _ids(s["calib"]) == [[0, 1, 2, 3], [4, 5, 6], [10, 11], [20]]
+    assert _ids(s["eval"]) == [[10, 11], [20]]
+
+
 def test_split_work_folders_and_models(tmp_path) -> None:
     models = ["lenet", "det1"]
     assert split_work(tmp_path, "bench", models) == (tmp_path, models)
