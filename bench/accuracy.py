@@ -102,6 +102,11 @@ def _views(img: np.ndarray, h: int, w: int, grid: int = 3) -> list[np.ndarray]:
     return _grid(img, img.shape[0] // 2, img.shape[1] // 2, h, w, grid)
 
 
+def _zoomed_out(img: np.ndarray, h: int, w: int, tiles=(2, 3)) -> list[np.ndarray]:
+    """The image shrunk n times and tiled n x n, at h x w, for each n in ``tiles``."""
+    return [_resize(np.tile(_resize(img, h // n, w // n), (n, n, 1)), h, w) for n in tiles]
+
+
 def _mtcnn(batch_hwc: list[np.ndarray]) -> np.ndarray:
     """RGB, (x - 127.5)·0.0078125, transposed (blob axis 2 = image column)."""
     x = (np.stack(batch_hwc) - 127.5) * 0.0078125
@@ -147,16 +152,21 @@ def model_case(name: str) -> dict:
     if name == "ultraface":
         # Whole images and 3x3 grids of half-size crops (10 views per image),
         # so that both calibration and evaluation see faces at several scales;
-        # one batch per source image.
-        def prep(path):
-            return np.stack([(v - 127.0) / 128.0 for v in _views(_rgb(path), 240, 320)]
+        # one batch per source image.  Calibration also gets two zoomed-out
+        # views of each of its images (``zoom``, added by split_case): the
+        # finest score head fires on small faces, and the photos alone show
+        # few (docs/benchmarks.md).
+        def prep(views):
+            return np.stack([(v - 127.0) / 128.0 for v in views]
                             ).transpose(0, 3, 1, 2).astype(np.float32)
-        calib = [prep(p) for p in _image_paths(CALIB_IMAGES, [m / "mtcnn/test1.jpg"])]
-        evals = [prep(p) for p in _image_paths(EVAL_IMAGES, [m / "ultraface_slim320/face.jpg",
-                                                             m / "mtcnn/test2.jpg"])]
+        calib_p = _image_paths(CALIB_IMAGES, [m / "mtcnn/test1.jpg"])
+        eval_p = _image_paths(EVAL_IMAGES, [m / "ultraface_slim320/face.jpg", m / "mtcnn/test2.jpg"])
         return {"model": m / "ultraface_slim320/slim-320.prototxt",
-                "weights": m / "ultraface_slim320/slim-320.caffemodel", "calib": calib,
-                "eval": evals}
+                "weights": m / "ultraface_slim320/slim-320.caffemodel",
+                "calib": [prep(_views(_rgb(p), 240, 320)) for p in calib_p],
+                "eval": [prep(_views(_rgb(p), 240, 320)) for p in eval_p],
+                "zoom": {"calib": [prep(_zoomed_out(_rgb(p), 240, 320)) for p in calib_p],
+                         "eval": [prep(_zoomed_out(_rgb(p), 240, 320)) for p in eval_p]}}
     raise SystemExit(f"unknown model {name!r}")
 
 
@@ -185,16 +195,32 @@ def split_case(case: dict, split: str) -> dict:
     evaluation; "mixed" pools both and gives the first half of every batch
     (an image's first views or crops) to calibration, the rest to evaluation;
     "covered" calibrates on the calibration and the evaluation batches and
-    evaluates on the evaluation batches (a coverage check, not held out)."""
+    evaluates on the evaluation batches (a coverage check, not held out).
+
+    A case with ``zoom`` (extra calibration views per source image, for the
+    calibration and the evaluation images) has the extra views of the images
+    that calibrate appended to their calibration batches; evaluation never
+    gets them."""
+    zoom = case.get("zoom")
     if split == "bench":
-        return case
-    if split == "covered":
-        return dict(case, calib=case["calib"] + case["eval"])
-    if split == "swap":
-        return dict(case, calib=case["eval"], eval=case["calib"])
-    pooled = case["calib"] + case["eval"]
-    return dict(case, calib=[b[: len(b) // 2] for b in pooled if len(b) > 1],
-                eval=[b[len(b) // 2:] for b in pooled if len(b) > 1])
+        out = dict(case) if zoom else case
+        with_zoom = zoom["calib"] if zoom else None
+    elif split == "covered":
+        out = dict(case, calib=case["calib"] + case["eval"])
+        with_zoom = zoom["calib"] + zoom["eval"] if zoom else None
+    elif split == "swap":
+        out = dict(case, calib=case["eval"], eval=case["calib"])
+        with_zoom = zoom["eval"] if zoom else None
+    else:
+        pooled = case["calib"] + case["eval"]
+        keep = [i for i, b in enumerate(pooled) if len(b) > 1]
+        out = dict(case, calib=[pooled[i][: len(pooled[i]) // 2] for i in keep],
+                   eval=[pooled[i][len(pooled[i]) // 2:] for i in keep])
+        with_zoom = [(zoom["calib"] + zoom["eval"])[i] for i in keep] if zoom else None
+    if with_zoom is not None:
+        out["calib"] = [np.concatenate([b, z]) for b, z in zip(out["calib"], with_zoom, strict=True)]
+        out.pop("zoom")
+    return out
 
 
 def split_work(work: Path, split: str, models: list[str]) -> tuple[Path, list[str]]:

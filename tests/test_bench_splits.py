@@ -53,6 +53,22 @@ def test_covered_calibrates_on_both_and_evaluates_on_the_evaluation_batches() ->
     assert _ids(s["eval"]) == [[10, 11], [20]]
 
 
+def test_zoom_views_go_to_calibration_with_their_images() -> None:
+    c = dict(_case(), zoom={"calib": [np.array([[100]]), np.array([[101]])],
+                            "eval": [np.array([[110]]), np.array([[120]])]})
+    bench = split_case(c, "bench")
+    assert _ids(bench["calib"]) == [[0, 1, 2, 3, 100], [4, 5, 6, 101]]
+    assert _ids(bench["eval"]) == [[10, 11], [20]] and "zoom" not in bench
+    assert _ids(split_case(c, "swap")["calib"]) == [[10, 11, 110], [20, 120]]
+    assert _ids(split_case(c, "swap")["eval"]) == [[0, 1, 2, 3], [4, 5, 6]]
+    # mixed leaves the single-input batch [20] out, and its zoom view with it
+    assert _ids(split_case(c, "mixed")["calib"]) == [[0, 1, 100], [4, 101], [10, 110]]
+    assert _ids(split_case(c, "mixed")["eval"]) == [[2, 3], [5, 6], [11]]
+    assert _ids(split_case(c, "covered")["calib"]) == [[0, 1, 2, 3, 100], [4, 5, 6, 101],
+                                                       [10, 11, 110], [20, 120]]
+    assert "zoom" in c                                        # the case itself is not changed
+
+
 def test_split_work_folders_and_models(tmp_path) -> None:
     models = ["lenet", "det1"]
     assert split_work(tmp_path, "bench", models) == (tmp_path, models)
