@@ -110,8 +110,9 @@ def markdown(report: dict) -> str:
         lines += ["", "## Data beyond the calibrated ranges", "",
                   f"The inputs of these layers reached more than {COVERAGE_REACH:g} times their "
                   "quantization range's width, far more than IFMR's deliberate clipping; the "
-                  "calibration data do not represent this data there. Calibrating on data like it "
-                  "is the remedy (docs/benchmarks_ort.md, the `covered` division).", ""]
+                  "calibration data do not represent this data there. Add data like it to the "
+                  "calibration set (a detector: its objects at every scale it will see, e.g. "
+                  "zoomed-out copies of the calibration images; docs/cli.md, `compare`).", ""]
         lines += [f"- `{x['layer']}`: reach {x['clip_reach']:.2f}, "
                   f"{100 * x['clip_ratio']:.4f} % of the values clipped" for x in beyond]
     lines += ["", "## Network outputs", "",
