@@ -201,25 +201,24 @@ def split_case(case: dict, split: str) -> dict:
     calibration and the evaluation images) has the extra views of the images
     that calibrate appended to their calibration batches; evaluation never
     gets them."""
-    zoom = case.get("zoom")
+    zoom = case.get("zoom") or {"calib": [None] * len(case["calib"]),
+                                "eval": [None] * len(case["eval"])}
+    # (views, that image's zoom views or None) per source image
+    calib = list(zip(case["calib"], zoom["calib"], strict=True))
+    evals = list(zip(case["eval"], zoom["eval"], strict=True))
     if split == "bench":
-        out = dict(case) if zoom else case
-        with_zoom = zoom["calib"] if zoom else None
+        cal, ev = calib, evals
     elif split == "covered":
-        out = dict(case, calib=case["calib"] + case["eval"])
-        with_zoom = zoom["calib"] + zoom["eval"] if zoom else None
+        cal, ev = calib + evals, evals
     elif split == "swap":
-        out = dict(case, calib=case["eval"], eval=case["calib"])
-        with_zoom = zoom["eval"] if zoom else None
+        cal, ev = evals, calib
     else:
-        pooled = case["calib"] + case["eval"]
-        keep = [i for i, b in enumerate(pooled) if len(b) > 1]
-        out = dict(case, calib=[pooled[i][: len(pooled[i]) // 2] for i in keep],
-                   eval=[pooled[i][len(pooled[i]) // 2:] for i in keep])
-        with_zoom = [(zoom["calib"] + zoom["eval"])[i] for i in keep] if zoom else None
-    if with_zoom is not None:
-        out["calib"] = [np.concatenate([b, z]) for b, z in zip(out["calib"], with_zoom, strict=True)]
-        out.pop("zoom")
+        pooled = [(b, z) for b, z in calib + evals if len(b) > 1]
+        cal = [(b[: len(b) // 2], z) for b, z in pooled]
+        ev = [(b[len(b) // 2:], None) for b, _ in pooled]
+    out = {k: v for k, v in case.items() if k != "zoom"}
+    out["calib"] = [b if z is None else np.concatenate([b, z]) for b, z in cal]
+    out["eval"] = [b for b, _ in ev]
     return out
 
 
@@ -380,9 +379,9 @@ def bench_cosine(name: str, algos, work: Path, report: dict, ort: dict | None = 
     """``ort``: ONNX Runtime cosines measured on these batches, printed beside
     the issue's quoted figures (which come from other images)."""
     case = split_case(model_case(name), split)
-    other = "of them" if split == "covered" else "other"
+    which = "the same, also calibrated on" if split == "covered" else "other"
     print(f"{name}: calibration {sum(len(b) for b in case['calib'])} inputs, "
-          f"evaluation {sum(len(b) for b in case['eval'])} {other} inputs (division {split})")
+          f"evaluation {sum(len(b) for b in case['eval'])} inputs ({which}; division {split})")
     for algo in algos:
         r = run_flow(name, algo, case, work)
         fg, fk, dp = r["graphs"]

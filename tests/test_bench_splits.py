@@ -26,9 +26,11 @@ def _ids(batches) -> list[list[int]]:
     return [b.ravel().tolist() for b in batches]
 
 
-def test_bench_split_is_the_case_itself() -> None:
+def test_bench_split_keeps_the_batches() -> None:
     c = _case()
-    assert split_case(c, "bench") is c
+    s = split_case(c, "bench")
+    assert _ids(s["calib"]) == _ids(c["calib"]) and _ids(s["eval"]) == _ids(c["eval"])
+    assert s["model"] == "m" and s["weights"] == "w"
 
 
 def test_swap_exchanges_calibration_and_evaluation() -> None:

@@ -86,8 +86,8 @@ def markdown(report: dict) -> str:
               "scale_d/offset_d: activation factors of the layer's input; scale_w: weight scale "
               "range over output channels; clip ratio: fraction of the input values outside the "
               "INT8 range (float pass); reach: the span the input values needed, in units of the "
-              "range's width (at most 1 when nothing is clipped); cosine/SQNR/max error: the layer's output in the fake-quant "
-              "model against the float model" + (" (and the deploy simulation)" if has_dep else "")
+              "range's width (at most 1 when nothing is clipped); cosine/SQNR/max error: the "
+              "layer's output in the fake-quant model against the float model" + (" (and the deploy simulation)" if has_dep else "")
               + ".", ""]
     head = ["layer", "type", "scale_d", "offset_d", "scale_w min", "scale_w max", "clip ratio",
             "reach", "cosine", "SQNR dB", "max error"]
