@@ -14,7 +14,9 @@ Usage::
    (what is left of the sorts when a layer's last batch is in, and the
    candidate search) against the reference forward time (target: < 30 %);
    the collection (one copy of each batch, sorted in a background thread);
-   the record writes; and the whole IFMR cost as extra wall time.
+   the record writes; and the whole IFMR cost as extra wall time.  Then the
+   final record printed by the record module and by protobuf's text_format
+   (same bytes; the ratio is the speed-up of every record write).
 2. HFMG memory.  The same flow with HFMG layers, run in a fresh subprocess
    per setting, batch size 2, each printing its peak RSS
    (VmHWM, see ``_rss.py``): batch_num = N (default 16) and batch_num = 1,
@@ -190,10 +192,31 @@ def bench_ifmr(work: Path, n_images: int, batch: int) -> dict:
     print(f"  record file writes                       {records.seconds:8.2f} s")
     print(f"  whole IFMR cost: extra wall time         {100 * ratio:8.1f} % of the forward")
     print(f"  peak RSS                                 {_peak_rss_mb():8.0f} MB")
+    ours, theirs = _record_printers(read_record(rec))
+    print(f"  printing the final record ({done} entries): amct {1e3 * ours:.1f} ms, protobuf's "
+          f"text_format {1e3 * theirs:.1f} ms (x{theirs / ours:.1f}), same bytes")
     return {"forward_s": base, "ifmr_s": ifmr, "collect_s": timer.by_method["update"],
             "factor_computation_s": fc, "factor_ratio": fc / base,
             "record_s": records.seconds, "ratio": ratio, "ifmr_layers": n_ifmr,
-            "calibrated": done}
+            "calibrated": done, "record_print_s": ours, "record_print_protobuf_s": theirs}
+
+
+def _record_printers(records: dict) -> tuple[float, float]:
+    """Seconds to print every entry of ``records`` with the record module's own
+    printer and with protobuf's (best of 3 each); the texts must be equal."""
+    from amct.quant.record import _entry_text, _entry_text_protobuf
+
+    best = {}
+    for name, fn in (("ours", _entry_text), ("protobuf", _entry_text_protobuf)):
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            texts = [fn(k, r) for k, r in sorted(records.items())]
+            times.append(time.perf_counter() - t)
+        best[name] = (min(times), texts)
+    if best["ours"][1] != best["protobuf"][1]:
+        raise SystemExit("the record printers disagree")
+    return best["ours"][0], best["protobuf"][0]
 
 
 def _noop_passes(mp: str, mw: str, data: np.ndarray, n_batches: int, batch: int) -> float:

@@ -137,3 +137,53 @@ def test_merge_cache_keeps_the_recently_used_paths_only(tmp_path) -> None:
     got = read_record(paths[0])
     assert got["conv"].scale_d == 1.0 and got["fc"].scale_d == 0.25
     assert sorted(read_record(paths[2])) == ["conv", "fc"]
+
+
+# ------------------------------------------------- the record's own printer
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+from amct.quant.record import _entry_text, _entry_text_protobuf, float32_texts  # noqa: E402
+
+_F32 = hnp.from_dtype(np.dtype(np.float32), allow_nan=False, allow_infinity=False)
+
+
+def test_float32_texts_by_hand() -> None:
+    # 0.1f is 0.100000001490116...: six digits read back; 16777217 is not a
+    # float32 and rounds to 16777216, which needs eight digits; the smallest
+    # subnormal (1.401298e-45) keeps the six digits %g leaves of it.
+    vals = np.array([0.1, 1.0, -0.0, 1e-5, 16777217.0, 3.4028235e38, 1e-45, 0.3], np.float32)
+    assert float32_texts(vals) == ["0.1", "1.0", "-0.0", "1e-05", "16777216.0", "3.4028235e+38",
+                                   "1.4013e-45", "0.3"]
+    assert float32_texts(np.array([np.inf, -np.inf, np.nan], np.float32)) == ["inf", "-inf", "nan"]
+    assert float32_texts(np.zeros(0, np.float32)) == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(hnp.arrays(np.float32, st.integers(0, 40),
+                  elements=hnp.from_dtype(np.dtype(np.float32))))
+def test_float32_texts_match_protobuf(vals) -> None:
+    from google.protobuf.internal import type_checkers
+
+    want = [str(v) if np.isnan(v) else str(type_checkers.ToShortestFloat(float(v)))
+            for v in vals.tolist()]
+    assert float32_texts(vals) == want
+
+
+@settings(max_examples=200, deadline=None)
+@given(key=st.text(min_size=1, max_size=12),
+       scale_d=st.none() | _F32,
+       offset_d=st.none() | st.integers(-128, 127),
+       scale_w=st.none() | hnp.arrays(np.float32, st.integers(0, 20), elements=_F32),
+       n_off=st.none() | st.integers(0, 5),
+       shift=st.none() | hnp.arrays(np.uint32, st.integers(0, 4)),
+       dims=st.tuples(*[st.none() | st.integers(0, 2**32 - 1)] * 3),
+       skip=st.none() | st.booleans())
+def test_entry_text_is_what_protobuf_prints(key, scale_d, offset_d, scale_w, n_off, shift, dims,
+                                            skip) -> None:
+    rec = LayerRecord(scale_d=scale_d, offset_d=offset_d, scale_w=scale_w,
+                      offset_w=None if n_off is None else np.zeros(n_off, np.int32),
+                      shift_bit=shift, channels=dims[0], height=dims[1], width=dims[2],
+                      skip_fusion=skip)
+    assert _entry_text(key, rec) == _entry_text_protobuf(key, rec)

@@ -13,7 +13,7 @@ from typing import Any
 
 import attrs
 import numpy as np
-from google.protobuf import text_format
+from google.protobuf import text_encoding, text_format
 
 from amct.errors import RecordError
 from amct.fileio import atomic_write_text
@@ -121,10 +121,61 @@ def read_record(path: str) -> dict[str, LayerRecord]:
     return parse_record_text(text, path)
 
 
+def float32_texts(values: np.ndarray) -> list[str]:
+    """How protobuf's text format prints each float32 value: the shortest
+    ``%.Ng`` (N from 6 up to 9) that reads back as the same float32, written
+    as Python writes that float ("0.1", "1e-05", "inf"; NaN as "nan").
+
+    Vectorised by precision: every value tries N = 6 at once, and only those
+    that do not read back try N + 1.  protobuf's own printer does this value
+    by value in Python, which made record writes most of IFMR's overhead on
+    ResNet-50 (per-channel scale_w, thousands of values)."""
+    x = np.asarray(values, np.float32).reshape(-1)
+    wide = x.astype(np.float64).tolist()
+    out: list[str | None] = [None] * x.size
+    todo = np.flatnonzero(np.isfinite(x))
+    for digits in (6, 7, 8, 9):
+        if not todo.size:
+            break
+        back = np.array([f"{wide[i]:.{digits}g}" for i in todo.tolist()], dtype=np.float64)
+        same = back.astype(np.float32) == x[todo]
+        for i, v in zip(todo[same].tolist(), back[same].tolist()):
+            out[i] = repr(v)
+        todo = todo[~same]
+    # Infinities and NaN (never in a valid record) print as Python prints them.
+    return [t if t is not None else str(wide[i]) for i, t in enumerate(out)]
+
+
 def _entry_text(key: str, rec: LayerRecord) -> str:
-    """The text of one ``record { key value }`` entry.  Protobuf prints a
-    repeated field element by element, so the file is these texts joined in
-    key order."""
+    """The text of one ``record { key value }`` entry, byte for byte what
+    ``text_format.MessageToString(ScaleOffsetRecord, as_utf8=True)`` prints
+    for it (fields in number order, a repeated field element by element), so
+    the file is these texts joined in key order.  Written here because
+    protobuf's printer is pure Python per value (see ``float32_texts``);
+    tests hold the two equal."""
+    lines = ["record {", f'  key: "{text_encoding.CEscape(key, True)}"', "  value {"]
+    if rec.scale_d is not None:
+        lines.append(f"    scale_d: {float32_texts(np.float32(rec.scale_d))[0]}")
+    if rec.offset_d is not None:
+        lines.append(f"    offset_d: {int(rec.offset_d)}")
+    if rec.scale_w is not None:
+        lines.extend(f"    scale_w: {t}" for t in float32_texts(rec.scale_w))
+    for name in ("offset_w", "shift_bit"):
+        arr = getattr(rec, name)
+        if arr is not None:
+            lines.extend(f"    {name}: {v}" for v in arr.tolist())
+    for name in ("channels", "height", "width"):
+        v = getattr(rec, name)
+        if v is not None:
+            lines.append(f"    {name}: {int(v)}")
+    if rec.skip_fusion is not None:
+        lines.append(f"    skip_fusion: {'true' if rec.skip_fusion else 'false'}")
+    lines += ["  }", "}", ""]
+    return "\n".join(lines)
+
+
+def _entry_text_protobuf(key: str, rec: LayerRecord) -> str:
+    """``_entry_text`` by protobuf's own printer (the reference the tests use)."""
     msg = caffe_pb2.ScaleOffsetRecord()
     entry = msg.record.add()
     entry.key = key
