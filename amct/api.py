@@ -398,7 +398,8 @@ def layer_table(model_file: str, weights_file: str, save_path: str, batches: Ite
     single-input nets, or dicts name->array).  One dict per quantized layer:
     ``layer, type, scale_d, offset_d, scale_w_min, scale_w_max, channel_wise,
     quant_layer, dequant_layer, clip_ratio`` (fraction of the layer's float
-    input outside its quantization range) and ``fake_quant`` / ``deploy``
+    input outside its quantization range), ``clip_reach`` (the span that input
+    needed, in units of the range's width) and ``fake_quant`` / ``deploy``
     statistics of the layer's output against float (``cosine``, ``sqnr_db``,
     ``max_abs_error``...).  The same table the CLI writes to ``_report.json``.
     """

@@ -22,9 +22,10 @@ Usage::
   otherwise (``split_case``); ``covered`` also calibrates on the evaluation
   images, to tell what uncovered calibration data cost from what the method
   costs.
-* A per-layer table for every model and algorithm (scale_d, offset_d, clip
-  ratio = share of the layer's input values outside the int8 range, cosine of
-  the layer's float output vs its fake-quant output) written as JSON.
+* A per-layer table for every model and algorithm (``amct.api.layer_table``:
+  scale_d, offset_d, clip ratio = share of the layer's float input values
+  outside the int8 range, reach, cosine of the layer's float output vs its
+  fake-quant output) written as JSON.
 
 Everything runs on the project's own runtime.  Needs ``shared/models``.
 """
@@ -231,69 +232,26 @@ def split_work(work: Path, split: str, models: list[str]) -> tuple[Path, list[st
 
 
 # ------------------------------------------------------------ per layer
-def layer_table(float_graph, fake_graph, quant_info: dict, batches: list[np.ndarray]) -> dict:
-    """scale_d, offset_d, clip ratio and float-vs-fake cosine of every quantized layer."""
-    from amct.runtime import compile as compile_graph
+def layer_table(case: dict, prefix: str, batches: list[np.ndarray]) -> dict:
+    """scale_d, offset_d, clip ratio and reach, and float-vs-fake cosine of every
+    quantized layer of the model saved at ``prefix`` (``amct.api.layer_table``)."""
+    import amct.api
 
-    inp = float_graph.inputs[0]
-    order = {x.name: i for i, x in enumerate(float_graph.layers)}
-    stats = {}
-    for lname, info in quant_info["layers"].items():
-        # The float layer whose output equals the fused layer's output: the
-        # member of fused_from that runs last in the float net.
-        members = [n for n in info["original_layers"] if n in order]
-        stats[lname] = {"float_out": max(members, key=order.get), "dots": [0.0, 0.0, 0.0],
-                        "clipped": 0, "count": 0}
-    want_float = {s["float_out"]: k for k, s in stats.items()}
-    quant_of = {x.name: x for x in fake_graph.layers if x.type == "Quant"}
-    feeds = {}                                 # fake layer name -> quant layers it feeds
-    for q in quant_of.values():
-        prod = fake_graph.producer(q, 0)
-        if prod is not None:
-            feeds.setdefault((prod[0].name, prod[1]), []).append(q)
-    for x in batches:
-        fl, fk = {}, {}
-
-        def grab_float(layer, j, blob, vid, arr):
-            if j == 0 and layer.name in want_float:
-                fl[want_float[layer.name]] = np.array(arr, np.float64)
-
-        def grab_fake(layer, j, blob, vid, arr):
-            if layer.type == "DeQuant":
-                fk[layer.params.dequant_param.object_layer] = np.array(arr, np.float64)
-            for q in feeds.get((layer.name, j), ()):
-                s = 1.0 / np.float32(q.params.quant_param.scale)
-                off = int(np.frombuffer(q.params.quant_param.offset or b"\0", np.int8)[0])
-                lo, hi = (-128 - off) * s, (127 - off) * s
-                for k, st in stats.items():
-                    if quant_info["layers"][k]["quant_layer"] == q.name:
-                        st["clipped"] += int(((arr < lo) | (arr > hi)).sum())
-                        st["count"] += int(arr.size)
-        compile_graph(float_graph, {inp: x.shape}).run({inp: x}, observers=[grab_float])
-        compile_graph(fake_graph, {inp: x.shape}).run({inp: x}, observers=[grab_fake])
-        for k, st in stats.items():
-            if k in fl and k in fk:
-                a, b = fl[k].ravel(), fk[k].ravel()
-                st["dots"][0] += float(a @ b)
-                st["dots"][1] += float(a @ a)
-                st["dots"][2] += float(b @ b)
-    out = {}
-    for k, st in stats.items():
-        ab, aa, bb = st["dots"]
-        info = quant_info["layers"][k]
-        out[k] = {"scale_d": info["scale_d"], "offset_d": info["offset_d"],
-                  "clip_ratio": st["clipped"] / max(st["count"], 1),
-                  "cosine": ab / np.sqrt(aa * bb) if aa and bb else None}
-    return out
+    rows = amct.api.layer_table(str(case["model"]), str(case["weights"]), prefix, batches,
+                                deploy=False)
+    return {r["layer"]: {"scale_d": r["scale_d"], "offset_d": r["offset_d"],
+                         "clip_ratio": r["clip_ratio"], "clip_reach": r["clip_reach"],
+                         "cosine": r["fake_quant"]["cosine"]} for r in rows}
 
 
 def _print_layers(title: str, table: dict) -> None:
     print(f"  per layer ({title})")
-    print(f"    {'layer':<22} {'scale_d':>11} {'offset_d':>8} {'clip %':>8} {'cosine':>9}")
+    print(f"    {'layer':<22} {'scale_d':>11} {'offset_d':>8} {'clip %':>8} {'reach':>6} "
+          f"{'cosine':>9}")
     for k, r in table.items():
         cos = f"{r['cosine']:.6f}" if r["cosine"] is not None else "-"
         print(f"    {k:<22} {r['scale_d']:>11.4g} {r['offset_d']:>8d} "
-              f"{100 * r['clip_ratio']:>8.4f} {cos:>9}")
+              f"{100 * r['clip_ratio']:>8.4f} {r['clip_reach']:>6.2f} {cos:>9}")
 
 
 # ---------------------------------------------------------------- flows
@@ -316,7 +274,8 @@ def run_flow(name: str, algo: str, case: dict, work: Path) -> dict:
     fk = load_caffe(res.outputs["fake_model"], res.outputs["fake_weights"])
     dp = load_caffe(res.outputs["deploy_model"], res.outputs["deploy_weights"])
     info = json.loads(Path(res.outputs["quant_json"]).read_text())
-    return {"graphs": (fg, fk, dp), "info": info, "seconds": t_q, "outputs": res.outputs}
+    return {"graphs": (fg, fk, dp), "info": info, "seconds": t_q, "outputs": res.outputs,
+            "prefix": str(prefix)}
 
 
 def _run_all(graph, batches: list[np.ndarray]) -> dict[str, np.ndarray]:
@@ -369,7 +328,7 @@ def bench_lenet(algos, work: Path, report: dict) -> None:
         print(f"  {algo:<5} fake     top-1 {100 * row['fake']:6.2f} %   (target >= 99.00)")
         print(f"  {algo:<5} deploy   top-1 {100 * row['deploy']:6.2f} %   (target >= 99.00)")
         print(f"  {algo:<5} deploy == fake on {100 * agree:6.2f} % of images (target >= 99.95)")
-        row["layers"] = layer_table(fg, fk, r["info"], test[:2])
+        row["layers"] = layer_table(case, r["prefix"], test[:2])
         _print_layers(algo, row["layers"])
         report.setdefault("lenet", {})[algo] = row
 
@@ -399,7 +358,7 @@ def bench_cosine(name: str, algos, work: Path, report: dict, ort: dict | None = 
                    else "    -     ")
             print(f"  {algo:<6} {k:<10} cosine fake/fp32 {c:.6f}   ONNX Runtime: same images "
                   f"{m_s}  quoted (other images) {q_s}   deploy/fake {cd:.7f}")
-        row["layers"] = layer_table(fg, fk, r["info"], case["eval"][:1])
+        row["layers"] = layer_table(case, r["prefix"], case["eval"][:1])
         _print_layers(algo, row["layers"])
         report.setdefault(name, {})[algo] = row
 
