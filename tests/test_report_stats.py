@@ -97,6 +97,12 @@ def test_report_files(tmp_path):
     assert "## Data beyond the calibrated ranges" in md and "- `conv1`: reach 20.12, 50.0000 %" in md
     assert any(line.startswith("warning: the data reach beyond 2x the calibrated range at 'conv1'")
                for line in summary_lines(rep))
+    # On its own calibration data the same reach is calibration's choice, not missing coverage.
+    cal = dict(rep, kind="calibrate")
+    assert any(line.startswith("note: calibration clipped rare values beyond 2x the range at "
+                               "'conv1'") for line in summary_lines(cal))
+    assert not any(line.startswith("warning:") for line in summary_lines(cal))
+    assert "on the calibration data themselves" in markdown(cal)
     paths, note = write_report(rep, str(tmp_path / "r"), plot=True)
     assert json.loads((tmp_path / "r_report.json").read_text())["layers"][0]["layer"] == "conv1"
     if note is None:

@@ -106,7 +106,14 @@ def markdown(report: dict) -> str:
             row += [_f(dp.get("cosine"), "{:.6f}"), _f(dp.get("sqnr_db"), "{:.2f}")]
         lines.append("| " + " | ".join(row) + " |")
     beyond = uncovered_layers(report)
-    if beyond:
+    if beyond and report["kind"] == "calibrate":
+        lines += ["", "## Data beyond the calibrated ranges", "",
+                  f"The inputs of these layers reached more than {COVERAGE_REACH:g} times their "
+                  "quantization range's width on the calibration data themselves: calibration "
+                  "chose to clip rare values far from the rest (IFMR's percentiles, HFMG's "
+                  "histogram). Check those layers' accuracy; `skip_layers` or a wider range "
+                  "in the config keeps them.", ""]
+    elif beyond:
         lines += ["", "## Data beyond the calibrated ranges", "",
                   f"The inputs of these layers reached more than {COVERAGE_REACH:g} times their "
                   "quantization range's width, far more than IFMR's deliberate clipping; the "
@@ -186,8 +193,12 @@ def summary_lines(report: dict) -> list[str]:
     if beyond:
         names = ", ".join(f"'{x['layer']}' ({x['clip_reach']:.2f})" for x in beyond[:5])
         more = f" and {len(beyond) - 5} more" if len(beyond) > 5 else ""
-        out.append(f"warning: the data reach beyond {COVERAGE_REACH:g}x the calibrated range at "
-                   f"{names}{more}: calibrate on data like this")
+        if report["kind"] == "calibrate":
+            out.append(f"note: calibration clipped rare values beyond {COVERAGE_REACH:g}x the "
+                       f"range at {names}{more}")
+        else:
+            out.append(f"warning: the data reach beyond {COVERAGE_REACH:g}x the calibrated range "
+                       f"at {names}{more}: calibrate on data like this")
     for o in report["outputs"]:
         via = f" (input of '{o['stands_for']}')" if o.get("stands_for") else ""
         s = f"output '{o['blob']}'{via}: cosine {_f(o['fake_quant']['cosine'], '{:.6f}')}"
