@@ -102,7 +102,9 @@ def test_report_files(tmp_path):
     assert any(line.startswith("note: calibration clipped rare values beyond 2x the range at "
                                "'conv1'") for line in summary_lines(cal))
     assert not any(line.startswith("warning:") for line in summary_lines(cal))
-    assert "on the calibration data themselves" in markdown(cal)
+    cal_md = markdown(cal)
+    assert "on the calibration data themselves" in cal_md
+    assert "- `conv1`: reach 20.12, 50.0000 %" in cal_md     # the layers are listed there too
     paths, note = write_report(rep, str(tmp_path / "r"), plot=True)
     assert json.loads((tmp_path / "r_report.json").read_text())["layers"][0]["layer"] == "conv1"
     if note is None:

@@ -87,8 +87,8 @@ def markdown(report: dict) -> str:
               "range over output channels; clip ratio: fraction of the input values outside the "
               "INT8 range (float pass); reach: the span the input values needed, in units of the "
               "range's width (at most 1 when nothing is clipped); cosine/SQNR/max error: the "
-              "layer's output in the fake-quant model against the float model" + (" (and the deploy simulation)" if has_dep else "")
-              + ".", ""]
+              "layer's output in the fake-quant model against the float model"
+              + (" (and the deploy simulation)" if has_dep else "") + ".", ""]
     head = ["layer", "type", "scale_d", "offset_d", "scale_w min", "scale_w max", "clip ratio",
             "reach", "cosine", "SQNR dB", "max error"]
     if has_dep:
@@ -106,20 +106,19 @@ def markdown(report: dict) -> str:
             row += [_f(dp.get("cosine"), "{:.6f}"), _f(dp.get("sqnr_db"), "{:.2f}")]
         lines.append("| " + " | ".join(row) + " |")
     beyond = uncovered_layers(report)
-    if beyond and report["kind"] == "calibrate":
+    if beyond:
+        if report["kind"] == "calibrate":
+            why = ("on the calibration data themselves: calibration chose to clip rare values far "
+                   "from the rest (IFMR's percentiles, HFMG's histogram). Check those layers' "
+                   "accuracy; `skip_layers` or a wider range in the config keeps them.")
+        else:
+            why = ("far more than IFMR's deliberate clipping; the calibration data do not "
+                   "represent this data there. Add data like it to the calibration set (a "
+                   "detector: its objects at every scale it will see, e.g. zoomed-out copies of "
+                   "the calibration images; docs/cli.md, `compare`).")
         lines += ["", "## Data beyond the calibrated ranges", "",
                   f"The inputs of these layers reached more than {COVERAGE_REACH:g} times their "
-                  "quantization range's width on the calibration data themselves: calibration "
-                  "chose to clip rare values far from the rest (IFMR's percentiles, HFMG's "
-                  "histogram). Check those layers' accuracy; `skip_layers` or a wider range "
-                  "in the config keeps them.", ""]
-    elif beyond:
-        lines += ["", "## Data beyond the calibrated ranges", "",
-                  f"The inputs of these layers reached more than {COVERAGE_REACH:g} times their "
-                  "quantization range's width, far more than IFMR's deliberate clipping; the "
-                  "calibration data do not represent this data there. Add data like it to the "
-                  "calibration set (a detector: its objects at every scale it will see, e.g. "
-                  "zoomed-out copies of the calibration images; docs/cli.md, `compare`).", ""]
+                  f"quantization range's width, {why}", ""]
         lines += [f"- `{x['layer']}`: reach {x['clip_reach']:.2f}, "
                   f"{100 * x['clip_ratio']:.4f} % of the values clipped" for x in beyond]
     lines += ["", "## Network outputs", "",
