@@ -333,11 +333,10 @@ def bench_lenet(algos, work: Path, report: dict) -> None:
         report.setdefault("lenet", {})[algo] = row
 
 
-def bench_cosine(name: str, algos, work: Path, report: dict, ort: dict | None = None,
-                 split: str = "bench") -> None:
+def bench_cosine(name: str, case: dict, algos, work: Path, report: dict,
+                 ort: dict | None = None, split: str = "bench") -> None:
     """``ort``: ONNX Runtime cosines measured on these batches, printed beside
     the issue's quoted figures (which come from other images)."""
-    case = split_case(model_case(name), split)
     which = "the same, also calibrated on" if split == "covered" else "other"
     print(f"{name}: calibration {sum(len(b) for b in case['calib'])} inputs, "
           f"evaluation {sum(len(b) for b in case['eval'])} inputs ({which}; division {split})")
@@ -363,7 +362,7 @@ def bench_cosine(name: str, algos, work: Path, report: dict, ort: dict | None = 
         report.setdefault(name, {})[algo] = row
 
 
-def _measured_ort(name: str, work: Path, split: str = "bench") -> dict | None:
+def _measured_ort(name: str, case: dict, work: Path) -> dict | None:
     """{output: the best ORT INT8 cosine of ort_compare's three variants} on
     this bench's batches; None without onnxruntime."""
     try:
@@ -372,7 +371,7 @@ def _measured_ort(name: str, work: Path, split: str = "bench") -> dict | None:
         return None
     from ort_compare import measure_ort
 
-    row = measure_ort(name, split_case(model_case(name), split), work / "ort")
+    row = measure_ort(name, case, work / "ort")
     return {k: max(v.values()) for k, v in row["outputs"].items()}
 
 
@@ -400,8 +399,9 @@ def main(argv=None) -> int:
         if name == "lenet":
             bench_lenet(args.algos, work, report)
         else:
-            bench_cosine(name, args.algos, work, report,
-                         None if args.no_ort else _measured_ort(name, work, args.split), args.split)
+            case = split_case(model_case(name), args.split)
+            bench_cosine(name, case, args.algos, work, report,
+                         None if args.no_ort else _measured_ort(name, case, work), args.split)
         print(f"  ({time.perf_counter() - t:.1f} s)\n")
     out = Path(args.json or work / "layers.json")
     out.parent.mkdir(parents=True, exist_ok=True)
