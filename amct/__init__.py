@@ -27,6 +27,7 @@ _EXPORTS = {
     "convert_model": "amct.api",
     "quantize": "amct.api",
     "correct_bias": "amct.bias_correction",
+    "round_weights": "amct.weight_rounding",
     "accuracy_based_auto_calibration": "amct.auto_calibration",
     "ModelEvaluator": "amct.auto_calibration",
     # pass framework (amct/passes)
@@ -45,7 +46,7 @@ _EXPORTS = {
 }
 _SUBMODULES = {"runtime", "ir", "passes", "layers", "errors", "proto", "frontends", "backends",
                "quant", "data", "cli", "report", "config", "api", "auto_calibration",
-               "bias_correction"}
+               "bias_correction", "weight_rounding"}
 
 __all__ = sorted(_EXPORTS)
 

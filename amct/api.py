@@ -295,6 +295,8 @@ class QuantizeResult:
     layers: dict[str, LayerFactors]
     #: layer -> per-channel shift subtracted from its bias (empty without bias correction)
     bias_shifts: dict[str, np.ndarray] = attrs.field(factory=dict)
+    #: layer -> what GPTQ weight rounding did (empty with weight_rounding="nearest")
+    rounding: dict[str, Any] = attrs.field(factory=dict)
 
 
 def _feeds(batch: Any, inputs: list[str], i: int,
@@ -321,7 +323,8 @@ def _feeds(batch: Any, inputs: list[str], i: int,
 def quantize(model_file: str, weights_file: str, batches: Iterable[Any], save_path: str,
              config: str | None = None, *, skip_layers: Sequence[str] | None = None,
              batch_num: int | None = None, algo: str = "ifmr", save_type: str = "Both",
-             work_dir: str | None = None, bias_correction: bool = True) -> QuantizeResult:
+             work_dir: str | None = None, bias_correction: bool = True,
+             weight_rounding: str = "gptq") -> QuantizeResult:
     """The whole PTQ flow on ``batches`` (arrays for single-input nets, or dicts name->array).
 
     ``config``: None (defaults + ``skip_layers``/``algo``), a JSON config or a
@@ -331,13 +334,21 @@ def quantize(model_file: str, weights_file: str, batches: Iterable[Any], save_pa
     ``bias_correction``: after calibration, remove the mean error quantization
     adds to each layer's output, measured on the calibration batches
     (``amct.bias_correction``, docs/bias_correction.md); False gives the biases
-    of AMCT's flow (SPEC §4.5).
+    of AMCT's flow (SPEC §4.5).  ``weight_rounding``: "gptq" re-chooses the
+    int8 weights on ARQ's grid for each layer's output error on the calibration
+    batches (``amct.weight_rounding``, docs/weight_rounding.md); "nearest"
+    keeps ARQ's rounding.  Both off give AMCT's flow exactly: the files
+    ``convert_model`` writes from the same record.
     """
     from amct.runtime import Net
+    from amct.weight_rounding import METHODS
 
     kind = _check_save_type(save_type)
     if algo not in ALGO_PRESETS:
         raise ConfigError(f"algo must be one of {', '.join(ALGO_PRESETS)}, got {algo!r}")
+    if weight_rounding not in METHODS:
+        raise ConfigError(f"weight_rounding must be one of {', '.join(METHODS)}, "
+                          f"got {weight_rounding!r}")
     save_path = str(save_path)
     work = str(work_dir) if work_dir is not None else save_path + "_work"
     os.makedirs(work, exist_ok=True)
@@ -367,6 +378,11 @@ def quantize(model_file: str, weights_file: str, batches: Iterable[Any], save_pa
     net = Net(paths["model"], paths["weights"])
     for feed in feeds:
         net.forward(**feed)
+    rounding = {}
+    if weight_rounding == "gptq":
+        from amct.weight_rounding import round_weights
+
+        rounding = {r.layer: r for r in round_weights(g, feeds)}
     shifts = {}
     if bias_correction:
         from amct.bias_correction import correct_bias
@@ -377,7 +393,7 @@ def quantize(model_file: str, weights_file: str, batches: Iterable[Any], save_pa
     layers = {k: LayerFactors(float(r.scale_d), int(r.offset_d), r.scale_w)
               for k, r in record.items() if r.has_activation}
     return QuantizeResult(paths["config"], paths["record"], paths["model"], paths["weights"],
-                          dict(outputs or {}), record, layers, shifts)
+                          dict(outputs or {}), record, layers, shifts, rounding)
 
 
 def _take(batches: Iterable[Any], n: int) -> list[Any]:

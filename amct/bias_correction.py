@@ -275,7 +275,7 @@ def correct_bias(graph: Graph, batches: Iterable[Any], layers: Iterable[str] | N
     """
     from amct.api import _feeds, quantized_graph
     from amct.backends.ascend.fake_quant import build_fake_quant
-    from amct.passes.remove_calibration import REMOVED_TYPES
+    from amct.passes.remove_calibration import without_calibration
 
     declared = graph.input_shapes()
     batches = iter(batches)
@@ -284,9 +284,7 @@ def correct_bias(graph: Graph, batches: Iterable[Any], layers: Iterable[str] | N
         raise DataError("bias correction needs at least one batch of calibration inputs")
     feeds = [_feeds(first, graph.inputs, 0, declared)]
     fake = build_fake_quant(quantized_graph(graph))
-    float_graph = graph.copy()
-    for x in [x for x in float_graph.layers if x.type in REMOVED_TYPES]:
-        float_graph.remove_layer(x)
+    float_graph = without_calibration(graph)
     correctable = [d.params.dequant_param.object_layer for _, d in _segments(fake)]
     if layers is None:
         chosen = set(default_layers(fake))

@@ -280,9 +280,11 @@ def test_quantize_without_bias_correction_is_amct_flow(lenet_x, tmp_path) -> Non
     d = shared_or_skip("golden", "real_lenet")
     model, weights = str(d / "net.prototxt"), str(d / "weights.caffemodel")
     batches = [lenet_x[:8], lenet_x[8:]]
+    # Nearest weight rounding in both, so that only the biases can differ.
     off = amct.quantize(model, weights, batches, str(tmp_path / "off" / "l"),
-                        bias_correction=False)
-    on = amct.quantize(model, weights, batches, str(tmp_path / "on" / "l"))
+                        bias_correction=False, weight_rounding="nearest")
+    on = amct.quantize(model, weights, batches, str(tmp_path / "on" / "l"),
+                       weight_rounding="nearest")
     assert off.bias_shifts == {} and sorted(on.bias_shifts) == ["conv1", "conv2", "ip1"]
     # Off: exactly what convert_model makes from the same record (AMCT's biases).
     conv = amct.convert_model(model, weights, off.record_file, str(tmp_path / "conv" / "l"))
@@ -314,7 +316,7 @@ def test_bias_correction_on_real_images_ultraface(tmp_path) -> None:
     cos = {}
     for bc in (False, True):
         res = amct.quantize(model, weights, case["calib"][:2], str(tmp_path / str(bc) / "uf"),
-                            bias_correction=bc, save_type="Fakequant")
+                            bias_correction=bc, save_type="Fakequant", weight_rounding="nearest")
         got = acc._run_all(amct.load_caffe(res.outputs["fake_model"],
                                            res.outputs["fake_weights"]), ev)
         cos[bc] = {k: acc.cosine(ref[k], got[k]) for k in ref}

@@ -189,27 +189,34 @@ def test_calibrate_hfmg_skip_layers_without_plot(tmp_path, capsys, monkeypatch):
     assert cfg["ip2"]["quant_enable"] is False and cfg["conv1"]["activation_quant_params"]["act_algo"] == "hfmg"
 
 
-def test_calibrate_bias_correction_switch(tmp_path, capsys):
+def test_calibrate_bias_correction_and_weight_rounding_switches(tmp_path, capsys):
     import amct
 
     base = ["--quiet", "calibrate", *LENET, "--data", CALIB, "--scale", "1/256", "--batch-size", "50",
             "--batch-num", "2", "--no-report"]
-    assert cli.main([*base, "--save-path", str(tmp_path / "on" / "l")]) == 0
-    assert cli.main([*base, "--no-bias-correction", "--save-path", str(tmp_path / "off" / "l")]) == 0
-    rec = tmp_path / "off" / "l_work" / "record.txt"
-    assert rec.read_bytes() == (tmp_path / "on" / "l_work" / "record.txt").read_bytes()
-    # Off: AMCT's flow, so convert from its record rebuilds the same deploy model.
+    runs = {"default": [], "nearest": ["--weight-rounding", "nearest"],
+            "plain": ["--weight-rounding", "nearest", "--no-bias-correction"]}
+    for name, extra in runs.items():
+        assert cli.main([*base, *extra, "--save-path", str(tmp_path / name / "l")]) == 0
+    rec = tmp_path / "plain" / "l_work" / "record.txt"
+    for name in ("default", "nearest"):
+        assert rec.read_bytes() == (tmp_path / name / "l_work" / "record.txt").read_bytes()
+    # Both off: AMCT's flow, so convert from its record rebuilds the same deploy model.
     assert cli.main(["--quiet", "convert", *LENET, "--record", str(rec), "--save-path", str(tmp_path / "cv" / "l")]) == 0
     for suffix in ("_deploy_model.prototxt", "_deploy_weights.caffemodel"):
-        assert Path(f"{tmp_path}/off/l{suffix}").read_bytes() == Path(f"{tmp_path}/cv/l{suffix}").read_bytes()
-    # On (the default): the int32 biases of the layers before the head move, nothing else.
+        assert Path(f"{tmp_path}/plain/l{suffix}").read_bytes() == Path(f"{tmp_path}/cv/l{suffix}").read_bytes()
     dep = {k: amct.load_caffe(f"{tmp_path}/{k}/l_deploy_model.prototxt", f"{tmp_path}/{k}/l_deploy_weights.caffemodel")
-           for k in ("on", "off")}
-    moved = [n for n in ("conv1", "conv2", "ip1", "ip2")
-             if not np.array_equal(dep["on"].layer(n).blobs[1], dep["off"].layer(n).blobs[1])]
-    assert moved == ["conv1", "conv2", "ip1"]
-    for n in ("conv1", "conv2", "ip1", "ip2"):
-        np.testing.assert_array_equal(dep["on"].layer(n).blobs[0], dep["off"].layer(n).blobs[0])
+           for k in runs}
+    layers = ("conv1", "conv2", "ip1", "ip2")
+
+    def moved(a, b, blob):
+        return [n for n in layers if not np.array_equal(dep[a].layer(n).blobs[blob], dep[b].layer(n).blobs[blob])]
+
+    # Bias correction alone: the int32 biases of the layers before the head move, nothing else.
+    assert moved("nearest", "plain", 1) == ["conv1", "conv2", "ip1"]
+    assert moved("nearest", "plain", 0) == []
+    # GPTQ rounding (the default) re-chooses the int8 weights of every layer.
+    assert moved("default", "nearest", 0) == list(layers)
 
 
 def test_calibrate_too_few_batches_names_the_data(capsys):

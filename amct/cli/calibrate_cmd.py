@@ -1,7 +1,8 @@
 """``amct-caffe calibrate``: model + weights + calibration data -> the five files of save_model + a report.
 
 It runs AMCT's flow step by step (config, init, quantize_model, batch_num
-forward passes of the modified model, bias correction unless
+forward passes of the modified model, GPTQ weight rounding unless
+``--weight-rounding nearest``, bias correction unless
 ``--no-bias-correction``, save_model) so the forward passes read the data
 lazily, batch by batch, under a progress bar.  Then it runs the
 float, fake-quant and deploy models on the calibration batches to write the
@@ -41,6 +42,11 @@ def register(sub, parents) -> None:
                    help="keep the biases of AMCT's flow; by default the mean error quantization "
                         "adds to each layer's output is measured on the calibration batches and "
                         "taken out of its bias (docs/bias_correction.md)")
+    q.add_argument("--weight-rounding", "--weight_rounding", dest="weight_rounding",
+                   choices=("gptq", "nearest"), default="gptq",
+                   help="int8 weights: gptq (default) re-chooses them on ARQ's grid for each "
+                        "layer's output on the calibration batches; nearest keeps ARQ's "
+                        "rounding (docs/weight_rounding.md)")
     q.add_argument("--work-dir", "--work_dir", dest="work_dir", metavar="DIR",
                    help="where config.json, record.txt and the modified model go "
                         "(default: SAVE_PATH_work)")
@@ -121,6 +127,10 @@ def calibrate(args, graph, ds, bs: int) -> tuple[dict[str, str], int]:
     log.info("calibrating on %d batches of %d (%d samples)", batch_num, bs, n)
     for batch in common.progress(ds.batches(bs, batch_num), n, "calibrate", args):
         prog.run(batch)
+    if getattr(args, "weight_rounding", "gptq") == "gptq":
+        # The same batches again, read lazily, through the float model.
+        rounded = amct.round_weights(g, ds.batches(bs, batch_num))
+        log.info("weight rounding: %d layers", len(rounded))
     if getattr(args, "bias_correction", True):
         # The same batches again, read lazily: the correction runs the fake-quant model on them.
         shifts = amct.correct_bias(g, ds.batches(bs, batch_num))

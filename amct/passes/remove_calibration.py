@@ -19,3 +19,12 @@ class RemoveCalibration(Pass):
         for x in gone:
             graph.remove_layer(x)
         return PassResult(bool(gone), {"removed": len(gone)})
+
+
+def without_calibration(graph: Graph) -> Graph:
+    """A copy of the calibrated ``graph`` without its calibration layers: the
+    fused float model whose activations calibration saw."""
+    out = graph.copy()
+    for x in [x for x in out.layers if x.type in REMOVED_TYPES]:
+        out.remove_layer(x)
+    return out

@@ -1,0 +1,272 @@
+"""GPTQ weight rounding: int8 codes chosen for the layer's output on the calibration data.
+
+ARQ (SPEC §4.2) rounds every weight to its nearest grid point.  That
+minimises each weight's own error, not the layer's output error, and where a
+layer's inputs are correlated (neighbouring pixels, channels that fire
+together) the errors of the weights they meet can be made to cancel.  This
+step keeps ARQ's scales and re-chooses the codes with GPTQ
+(``amct.quant.gptq``), using ``H = Σ x xᵀ`` of each layer's input on the
+calibration batches.
+
+The input is taken as the layer meets it in the fake-quant model: the fused
+float model's activation, quantized by the layer's own Quant factors from the
+record.  Layers are independent of each other, so the statistics of all of
+them come from forward passes of the float model (one pass over the batches
+per group of layers whose ``H`` fit ``memory_budget`` together).
+
+Rounded: Convolution (2-D and 1-D, grouped and depthwise, channel axis 1)
+and InnerProduct.  Deconvolution keeps nearest rounding (its output is a
+scatter of overlapping kernel copies, so no single input Gram matrix
+describes it), and so does a layer with more than ``max_columns`` weights per
+output row (``H`` would be that size squared).
+
+The record, the scales, deq_scale and the biases are untouched; the deploy
+model carries the new codes in its ordinary int8 weights.  Bias correction,
+when it runs, runs after this step and measures the rounded model.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable, Mapping, Sequence
+
+import attrs
+import numpy as np
+
+from amct.errors import ConfigError, DataError
+from amct.ir import Graph, Layer
+from amct.quant import gptq
+
+log = logging.getLogger("amct.weight_rounding")
+
+#: Layer types whose codes are re-chosen.
+ROUNDABLE_TYPES = ("Convolution", "InnerProduct")
+#: Above this many weights per output row, H (columns² float64) is not built.
+DEFAULT_MAX_COLUMNS = 8192
+#: Memory for the H matrices of the layers gathered in one forward sweep.
+DEFAULT_MEMORY_BUDGET = 1 << 30
+#: The rounding methods ``amct.quantize`` and the CLI accept.
+METHODS = ("gptq", "nearest")
+
+
+@attrs.frozen
+class RoundedLayer:
+    """What GPTQ did to one layer, measured on the calibration inputs."""
+
+    layer: str
+    #: fraction of the weights whose code differs from nearest rounding
+    changed: float
+    #: ``||(Ŵ − W) X||²`` summed over the calibration inputs, nearest and GPTQ codes
+    error_nearest: float
+    error: float
+
+
+@attrs.frozen
+class _Geometry:
+    """How one layer's weights and input become GPTQ's (G, R, K) problem."""
+
+    kind: str                   # "dense" or "conv"
+    group: int
+    axis: int = 1
+    kernel: tuple[int, int] = (1, 1)
+    pad: tuple[int, int] = (0, 0)
+    stride: tuple[int, int] = (1, 1)
+    dilation: tuple[int, int] = (1, 1)
+    one_d: bool = False
+
+    def gram(self, x: np.ndarray) -> np.ndarray:
+        if self.kind == "dense":
+            return gptq.dense_gram(x, self.axis)
+        if self.one_d:
+            x = x[:, :, None, :]
+        return gptq.conv_gram(x, self.group, self.kernel, self.pad, self.stride, self.dilation)
+
+
+def _geometry(layer: Layer, in_shape: tuple[int, ...]) -> _Geometry | None:
+    """The layer's problem shape, or None when this step leaves it to ARQ."""
+    if layer.type == "InnerProduct":
+        ax = layer.params.inner_product_param.axis
+        ax = ax + len(in_shape) if ax < 0 else ax
+        if getattr(layer.params.inner_product_param, "transpose", False):
+            return None
+        return _Geometry("dense", 1, axis=ax)
+    from amct.layers.convolution import conv_spec
+
+    spec = conv_spec(layer, in_shape)
+    if spec.axis != 1 or len(spec.kernel) not in (1, 2):
+        return None
+    if len(spec.kernel) == 1:
+        return _Geometry("conv", spec.group, kernel=(1, spec.kernel[0]), pad=(0, spec.pad[0]),
+                         stride=(1, spec.stride[0]), dilation=(1, spec.dilation[0]), one_d=True)
+    return _Geometry("conv", spec.group, kernel=spec.kernel, pad=spec.pad, stride=spec.stride,
+                     dilation=spec.dilation)
+
+
+def _rows(layer: Layer, group: int) -> np.ndarray:
+    """Weights as (G, R, K): output rows of each group over its input columns."""
+    w = np.asarray(layer.blobs[0], np.float64)
+    out = w.shape[0]
+    return w.reshape(group, out // group, -1)
+
+
+def _row_scales(scale_w: np.ndarray, rows: int) -> np.ndarray:
+    s = np.asarray(scale_w, np.float64).reshape(-1)
+    return np.full(rows, s[0]) if s.size == 1 else s
+
+
+def roundable_layers(qgraph: Graph, max_columns: int = DEFAULT_MAX_COLUMNS) -> list[str]:
+    """Quantized layers of a quantized graph (``amct.quantized_graph``) this step rounds."""
+    shapes = qgraph.infer_value_shapes()
+    out = []
+    for layer in qgraph.layers:
+        q = layer.meta.get("quant")
+        if q is None or q.w_q is None or layer.type not in ROUNDABLE_TYPES:
+            continue
+        shape = shapes.get(qgraph.input_values(layer)[0])
+        if shape is None or _geometry(layer, tuple(shape)) is None:
+            continue
+        if q.w_q.size // q.w_q.shape[0] > max_columns:
+            continue
+        out.append(layer.name)
+    return out
+
+
+def _sweeps(names: Sequence[str], columns: Mapping[str, tuple[int, int]],
+            budget: int) -> list[list[str]]:
+    """Layers in groups whose H matrices (group·K² float64) fit ``budget`` together."""
+    out: list[list[str]] = [[]]
+    held = 0
+    for name in names:
+        g, k = columns[name]
+        size = 8 * g * k * k
+        if out[-1] and held + size > budget:
+            out.append([])
+            held = 0
+        out[-1].append(name)
+        held += size
+    return out if out[0] else []
+
+
+def input_grams(float_graph: Graph, geometry: Mapping[str, _Geometry],
+                factors: Mapping[str, tuple[float, int]], inputs: Mapping[str, str],
+                feeds: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """``H`` of each layer's quantized input, summed over ``feeds`` (one sweep)."""
+    from amct.runtime import compile as compile_graph
+
+    readers: dict[str, list[str]] = {}
+    for name, vid in inputs.items():
+        readers.setdefault(vid, []).append(name)
+    grams: dict[str, np.ndarray] = {}
+
+    def observe(layer, top, blob, vid, arr):
+        for name in readers.get(vid, ()):
+            scale_d, offset_d = factors[name]
+            h = geometry[name].gram(gptq.quantize_input(arr, scale_d, offset_d))
+            grams[name] = h if name not in grams else grams[name] + h
+
+    # Observing only the producers keeps the runtime's fusions everywhere else.
+    producers = sorted(x.name for x in float_graph.layers
+                       if set(float_graph.output_values(x)) & set(readers))
+    progs: dict[tuple, Any] = {}
+    for feed in feeds:
+        key = tuple(sorted((k, np.shape(v)) for k, v in feed.items()))
+        if key not in progs:
+            progs[key] = compile_graph(float_graph, dict(key))
+        progs[key].run(feed, observers=[(observe, None, producers)])
+    return grams
+
+
+def round_weights(graph: Graph, batches: Iterable[Any], layers: Iterable[str] | None = None,
+                  *, damp: float = gptq.DEFAULT_DAMP, max_columns: int = DEFAULT_MAX_COLUMNS,
+                  memory_budget: int = DEFAULT_MEMORY_BUDGET) -> list[RoundedLayer]:
+    """Re-choose the int8 weights of the calibrated ``graph`` with GPTQ, in place.
+
+    ``graph`` is the graph ``init`` returned, after ``quantize_model`` and the
+    calibration forwards (the record must hold every layer's factors);
+    ``batches`` are calibration inputs (arrays for single-input nets, or dicts
+    input name -> array), normally the ones calibration saw.  ``layers``: the
+    layers to round (default ``roundable_layers``); a name that is not a
+    quantized Convolution or InnerProduct this step can round is a
+    ``ConfigError``.  ``save_model`` then writes the new codes.  Returns one
+    ``RoundedLayer`` per layer, in execution order.
+    """
+    from amct.api import _feeds, quantized_graph
+    from amct.passes.remove_calibration import without_calibration
+
+    qgraph = quantized_graph(graph)
+    candidates = roundable_layers(qgraph, max_columns)
+    if layers is None:
+        names = candidates
+    else:
+        chosen = set(layers)
+        unknown = sorted(chosen - set(candidates))
+        if unknown:
+            raise ConfigError(f"weight rounding: {unknown} are not quantized Convolution or "
+                              f"InnerProduct layers it can round (those are: "
+                              f"{', '.join(candidates) or 'none'})")
+        names = [n for n in candidates if n in chosen]
+    declared = graph.input_shapes()
+    float_graph = without_calibration(graph)
+    shapes = float_graph.infer_value_shapes()
+    inputs, geometry, factors, columns = {}, {}, {}, {}
+    for name in names:
+        layer = float_graph.layer(name)
+        vid = float_graph.input_values(layer)[0]
+        q = qgraph.layer(name).meta["quant"]
+        inputs[name] = vid
+        geometry[name] = _geometry(layer, tuple(shapes[vid]))
+        factors[name] = (q.scale_d, q.offset_d)
+        columns[name] = (geometry[name].group, q.w_q.size // q.w_q.shape[0])
+    sweeps = _sweeps(names, columns, memory_budget)
+    # One sweep reads the batches lazily; several need them again.
+    feeds: Iterable[Mapping[str, np.ndarray]] = (
+        _feeds(b, graph.inputs, i, declared) for i, b in enumerate(batches))
+    if len(sweeps) > 1 or not names:
+        feeds = list(feeds)
+    out, seen = [], _Counter()
+    for sweep in sweeps:
+        grams = input_grams(float_graph, {n: geometry[n] for n in sweep}, factors,
+                            {n: inputs[n] for n in sweep}, seen.counting(feeds))
+        if not seen.count:
+            raise DataError("weight rounding needs at least one batch of calibration inputs")
+        for name in sweep:
+            out.append(_round_layer(graph.layer(name), qgraph.layer(name).meta["quant"],
+                                    geometry[name].group, grams[name], damp))
+    if not names:
+        if not feeds:
+            raise DataError("weight rounding needs at least one batch of calibration inputs")
+        return []
+    order = {n: i for i, n in enumerate(names)}
+    out.sort(key=lambda r: order[r.layer])
+    for r in out:
+        log.debug("weight rounding %s: %.1f %% of codes changed, output error x%.3f",
+                  r.layer, 100 * r.changed, r.error / r.error_nearest if r.error_nearest else 1.0)
+    log.info("weight rounding (GPTQ): %d layers on %d batches", len(out), seen.count)
+    return out
+
+
+class _Counter:
+    """Counts the batches an iterable gives (the last pass over it)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def counting(self, items):
+        self.count = 0
+        for x in items:
+            self.count += 1
+            yield x
+
+
+def _round_layer(layer: Layer, q, group: int, gram: np.ndarray, damp: float) -> RoundedLayer:
+    rows = _rows(layer, group)
+    scale = _row_scales(q.scale_w, rows.shape[0] * rows.shape[1]).reshape(rows.shape[:2])
+    codes = gptq.gptq_codes(rows, gram, scale, damp=damp)
+    nearest = np.asarray(q.w_q, np.float64).reshape(rows.shape)
+    before = float(gptq.output_error(rows, nearest, gram, scale).sum())
+    after = float(gptq.output_error(rows, codes, gram, scale).sum())
+    if not after < before:
+        # GPTQ minimises a damped version of this error; should the damping
+        # cost more than it gains, ARQ's codes stay.
+        return RoundedLayer(layer.name, 0.0, before, before)
+    layer.meta["w_q"] = codes.reshape(layer.blobs[0].shape).astype(np.int8)
+    return RoundedLayer(layer.name, float(np.mean(codes != nearest)), before, after)
