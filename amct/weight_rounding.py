@@ -34,6 +34,7 @@ import numpy as np
 
 from amct.errors import ConfigError, DataError
 from amct.ir import Graph, Layer
+from amct.layers._im2col import blas_thread_count, blas_threads
 from amct.quant import gptq
 
 log = logging.getLogger("amct.weight_rounding")
@@ -43,7 +44,12 @@ ROUNDABLE_TYPES = ("Convolution", "InnerProduct")
 #: Above this many weights per output row, H (columns² float64) is not built.
 DEFAULT_MAX_COLUMNS = 8192
 #: Memory for the H matrices of the layers gathered in one forward sweep.
-DEFAULT_MEMORY_BUDGET = 1 << 30
+DEFAULT_MEMORY_BUDGET = 512 << 20
+#: A convolution's H takes at most this many output windows per image per
+#: weight column (a regular sub-grid of larger maps, ``gptq.conv_gram``).
+#: GPTQ is usually run with tens of rows per column; with 4 per image, ten
+#: calibration images already give 40.
+POSITIONS_PER_COLUMN = 4
 #: The rounding methods ``amct.quantize`` and the CLI accept.
 METHODS = ("gptq", "nearest")
 
@@ -78,7 +84,9 @@ class _Geometry:
             return gptq.dense_gram(x, self.axis)
         if self.one_d:
             x = x[:, :, None, :]
-        return gptq.conv_gram(x, self.group, self.kernel, self.pad, self.stride, self.dilation)
+        columns = x.shape[1] // self.group * self.kernel[0] * self.kernel[1]
+        return gptq.conv_gram(x, self.group, self.kernel, self.pad, self.stride, self.dilation,
+                              max_positions=POSITIONS_PER_COLUMN * columns)
 
 
 def _geometry(layer: Layer, in_shape: tuple[int, ...]) -> _Geometry | None:
@@ -157,10 +165,15 @@ def input_grams(float_graph: Graph, geometry: Mapping[str, _Geometry],
         readers.setdefault(vid, []).append(name)
     grams: dict[str, np.ndarray] = {}
 
+    # The forward pass keeps BLAS at one thread for its own small GEMMs; the
+    # Gram matrices are large ones and get the caller's threads back.
+    threads = blas_thread_count()
+
     def observe(layer, top, blob, vid, arr):
         for name in readers.get(vid, ()):
             scale_d, offset_d = factors[name]
-            h = geometry[name].gram(gptq.quantize_input(arr, scale_d, offset_d))
+            with blas_threads(threads):
+                h = geometry[name].gram(gptq.quantize_input(arr, scale_d, offset_d))
             grams[name] = h if name not in grams else grams[name] + h
 
     # Observing only the producers keeps the runtime's fusions everywhere else.

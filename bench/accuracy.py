@@ -255,8 +255,18 @@ def _print_layers(title: str, table: dict) -> None:
 
 
 # ---------------------------------------------------------------- flows
-#: The algorithm names the benches take: the presets, and each without bias correction.
-ALGOS = ["ifmr", "hfmg", "minmax", "ifmr_nobc", "hfmg_nobc", "minmax_nobc"]
+#: The algorithm names the benches take: a preset, then optional variants:
+#: "_nearest" keeps ARQ's nearest weight rounding instead of GPTQ, "_nobc"
+#: skips bias correction ("ifmr_nearest_nobc": AMCT's flow with the default rules).
+PRESETS = ("ifmr", "hfmg", "minmax")
+ALGOS = [p + v for p in PRESETS for v in ("", "_nobc", "_nearest", "_nearest_nobc")]
+
+
+def flow_options(algo: str) -> dict:
+    """``amct.quantize`` keywords of a bench algorithm name."""
+    base, *variants = algo.split("_")
+    return {"algo": base, "bias_correction": "nobc" not in variants,
+            "weight_rounding": "nearest" if "nearest" in variants else "gptq"}
 
 
 def run_flow(name: str, algo: str, case: dict, work: Path) -> dict:
@@ -264,11 +274,9 @@ def run_flow(name: str, algo: str, case: dict, work: Path) -> dict:
     from amct.frontends.caffe import load_caffe
 
     prefix = work / name / algo / name
-    # "<algo>_nobc": the same without bias correction (the biases of AMCT's flow).
-    base, _, variant = algo.partition("_")
     t0 = time.perf_counter()
     res = amct.quantize(str(case["model"]), str(case["weights"]), case["calib"], str(prefix),
-                        algo=base, bias_correction=variant != "nobc")
+                        **flow_options(algo))
     t_q = time.perf_counter() - t0
     fg = load_caffe(str(case["model"]), str(case["weights"]))
     fk = load_caffe(res.outputs["fake_model"], res.outputs["fake_weights"])
@@ -379,7 +387,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="+", default=MODEL_NAMES)
     ap.add_argument("--algos", nargs="+", default=["ifmr", "hfmg", "minmax"], choices=ALGOS,
-                    help="calibration presets; NAME_nobc: the same without bias correction")
+                    help="calibration presets; NAME_nobc: without bias correction; "
+                         "NAME_nearest: ARQ's nearest weight rounding instead of GPTQ")
     ap.add_argument("--work", default=str(REPO / "bench/_work/accuracy"))
     ap.add_argument("--json", default=None, help="per-layer report (default: WORK/layers.json)")
     ap.add_argument("--no-ort", action="store_true",

@@ -5,7 +5,7 @@ Usage::
     python bench/external.py --fetch                 # once: download, extract, verify
     python bench/external.py [--models res10 res10_fp16 nsfw age_net ...] [--no-ort]
                              [--work bench/_work/external] [--split bench|swap|mixed|covered]
-                             [--no-bias-correction]
+                             [--no-bias-correction] [--weight-rounding gptq|nearest]
     /tmp/ppqvenv/bin/python bench/ppq_compare.py --work bench/_work/external \\
                              --models res10 nsfw     # PPQ beside them (docs/benchmarks_ort.md)
 
@@ -376,7 +376,8 @@ def matched_detections(ref: list[np.ndarray], got: list[np.ndarray],
 
 
 def run_model(name: str, models_dir: Path, work: Path, with_ort: bool,
-              split: str = "bench", bias_correction: bool = True) -> dict:
+              split: str = "bench", bias_correction: bool = True,
+              weight_rounding: str = "gptq") -> dict:
     import amct
     from amct.frontends.caffe import load_caffe
 
@@ -384,7 +385,8 @@ def run_model(name: str, models_dir: Path, work: Path, with_ort: bool,
     compare, det = case["compare"], case["detections"]
     t0 = time.perf_counter()
     res = amct.quantize(str(case["model"]), str(case["weights"]), case["calib"],
-                        str(work / name / "ifmr" / name), bias_correction=bias_correction)
+                        str(work / name / "ifmr" / name), bias_correction=bias_correction,
+                        weight_rounding=weight_rounding)
     row: dict = {"calib_inputs": sum(len(b) for b in case["calib"]),
                  "eval_inputs": sum(len(b) for b in case["eval"]),
                  "quantize_seconds": time.perf_counter() - t0,
@@ -471,6 +473,9 @@ def main(argv=None) -> int:
                     help="the division of the images (bench/ort_compare.py --split)")
     ap.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
                     help="ours without bias correction (results: ort_compare_nobc.json)")
+    ap.add_argument("--weight-rounding", choices=("gptq", "nearest"), default="gptq",
+                    help="ours with GPTQ (default) or nearest weight rounding (results with "
+                         "nearest: ort_compare_nearest[_nobc].json)")
     args = ap.parse_args(argv)
     work = Path(args.work)
     if args.fetch:
@@ -484,10 +489,13 @@ def main(argv=None) -> int:
         return 2
     models_dir = work
     work, _ = acc.split_work(work, args.split, args.models)
-    out = work / ("ort_compare.json" if args.bias_correction else "ort_compare_nobc.json")
+    suffix = ("_nearest" if args.weight_rounding == "nearest" else "") + \
+        ("" if args.bias_correction else "_nobc")
+    out = work / f"ort_compare{suffix}.json"
     report = json.loads(out.read_text()) if out.exists() else {}
     for name in args.models:
-        row = run_model(name, models_dir, work, not args.no_ort, args.split, args.bias_correction)
+        row = run_model(name, models_dir, work, not args.no_ort, args.split, args.bias_correction,
+                        args.weight_rounding)
         if args.no_ort:
             # Keep the ONNX Runtime figures of an earlier run beside the new ones.
             old = report.get(name, {}).get("outputs", {})

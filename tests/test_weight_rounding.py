@@ -270,3 +270,28 @@ def test_weight_rounding_on_real_crops_det3(tmp_path) -> None:
     assert 1 - cos["gptq"]["conv6-2"] < 0.6 * (1 - cos["nearest"]["conv6-2"]), cos
     assert 1 - cos["gptq"]["prob1"] < 0.5 * (1 - cos["nearest"]["prob1"]), cos
     assert cos["gptq"]["conv6-3"] >= cos["nearest"]["conv6-3"], cos
+
+
+def test_codes_do_not_depend_on_blas_threads(tmp_path) -> None:
+    # The factorisations and GEMMs run on numpy's OpenBLAS with however many
+    # threads it has; the codes (and so the saved files) must not change.
+    from amct.layers._im2col import _openblas
+
+    blas = _openblas()
+    if blas is None:
+        pytest.skip("no OpenBLAS thread control found")
+    model, weights, x = _lenet()
+    prev = blas[0]()
+    codes = {}
+    try:
+        for n in (1, 2, 4):
+            blas[1](n)
+            (tmp_path / str(n)).mkdir()
+            g = _calibrated(tmp_path / str(n), model, weights, x)
+            amct.round_weights(g, [x[:8], x[8:]])
+            codes[n] = {k: g.layer(k).meta["w_q"] for k in ("conv1", "conv2", "ip1", "ip2")}
+    finally:
+        blas[1](prev)
+    for n in (2, 4):
+        for k, c in codes[1].items():
+            np.testing.assert_array_equal(codes[n][k], c, err_msg=f"{n} threads, {k}")

@@ -423,6 +423,37 @@ class single_blas:
         return False
 
 
+class blas_threads:
+    """Context manager: OpenBLAS at ``n`` threads inside, the previous count
+    after.  For large GEMMs that run inside a forward pass (an observer's
+    work), where ``single_blas`` has left one thread.  A no-op without a
+    detectable OpenBLAS or for ``n`` < 1."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __enter__(self):
+        self._prev = None
+        blas = _openblas()
+        if blas is not None and self.n >= 1:
+            prev = blas[0]()
+            if prev != self.n:
+                blas[1](self.n)
+                self._prev = prev
+        return self
+
+    def __exit__(self, *exc):
+        if self._prev is not None:
+            _openblas()[1](self._prev)
+        return False
+
+
+def blas_thread_count() -> int:
+    """numpy's OpenBLAS thread count now (0 when it cannot be read)."""
+    blas = _openblas()
+    return int(blas[0]()) if blas is not None else 0
+
+
 @dataclass(frozen=True)
 class PhaseLayout:
     """The input padded, split into stride phases and flattened ("wide" layout).

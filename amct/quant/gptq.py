@@ -73,13 +73,7 @@ def gptq_codes(w: np.ndarray, hessian: np.ndarray, scale: np.ndarray, *,
     # diagonal makes it invertible without coupling it to anything.
     add = np.where(dead, 1.0, damp * np.where(live_mean > 0, live_mean, 1.0)[:, None])
     H[:, np.arange(k), np.arange(k)] += add
-    try:
-        # Upper Cholesky factor of H⁻¹: row j, divided by its diagonal, is how
-        # far the columns after j move per unit of error in column j, given
-        # that columns before j are already fixed.
-        U = np.swapaxes(np.linalg.cholesky(np.linalg.inv(H)), 1, 2)
-    except np.linalg.LinAlgError as e:
-        raise QuantizationError(f"GPTQ: input statistics are not positive definite ({e})") from e
+    U = inverse_cholesky_upper(H)
     codes = np.empty_like(W)
     for b0 in range(0, k, block):
         b1 = min(b0 + block, k)
@@ -97,6 +91,37 @@ def gptq_codes(w: np.ndarray, hessian: np.ndarray, scale: np.ndarray, *,
     out = np.empty_like(codes)
     np.put_along_axis(out, order[:, None, :], codes, axis=2)
     return out
+
+
+def _lower_inverse(low: np.ndarray) -> np.ndarray:
+    """Inverse of lower-triangular matrices (G, n, n), by halves: the
+    off-diagonal block is -C⁻¹ B A⁻¹, so all the work is matrix products."""
+    n = low.shape[-1]
+    if n <= 64:
+        return np.linalg.inv(low)
+    h = n // 2
+    a_inv, c_inv = _lower_inverse(low[:, :h, :h]), _lower_inverse(low[:, h:, h:])
+    out = np.zeros_like(low)
+    out[:, :h, :h] = a_inv
+    out[:, h:, h:] = c_inv
+    out[:, h:, :h] = -np.matmul(np.matmul(c_inv, low[:, h:, :h]), a_inv)
+    return out
+
+
+def inverse_cholesky_upper(hessian: np.ndarray) -> np.ndarray:
+    """The upper-triangular U with ``H⁻¹ = Uᵀ U`` (positive diagonal), for (G, K, K).
+
+    Row j of U, divided by ``U[j, j]``, is how far the columns after j move per
+    unit of error in column j once the columns before j are fixed.  With P the
+    order reversal and ``P H P = R Rᵀ`` (R lower), ``U = P R⁻¹ P``: one
+    Cholesky and one triangular inverse, about a third of the work of
+    inverting H and factoring the inverse.
+    """
+    try:
+        low = np.linalg.cholesky(hessian[:, ::-1, ::-1])
+    except np.linalg.LinAlgError as e:
+        raise QuantizationError(f"GPTQ: input statistics are not positive definite ({e})") from e
+    return np.ascontiguousarray(_lower_inverse(low)[:, ::-1, ::-1])
 
 
 def output_error(w: np.ndarray, codes: np.ndarray, hessian: np.ndarray,
@@ -130,12 +155,28 @@ def dense_gram(x: np.ndarray, axis: int = 1) -> np.ndarray:
 COLUMN_BYTES = 64 << 20
 
 
+def position_step(oh: int, ow: int, max_positions: int | None) -> int:
+    """Every how many output rows and columns ``conv_gram`` takes a window so
+    that at most ``max_positions`` of the oh x ow windows are taken per image."""
+    if not max_positions or oh * ow <= max_positions:
+        return 1
+    step = max(1, int(np.ceil(np.sqrt(oh * ow / max_positions))))
+    while -(-oh // step) * -(-ow // step) > max_positions:
+        step += 1
+    return step
+
+
 def conv_gram(x: np.ndarray, group: int, kernel: tuple[int, int], pad: tuple[int, int],
-              stride: tuple[int, int], dilation: tuple[int, int]) -> np.ndarray:
+              stride: tuple[int, int], dilation: tuple[int, int],
+              max_positions: int | None = None) -> np.ndarray:
     """``H`` of a 2-D convolution's input ``x`` (N, C, H, W), per group:
     ``(group, K, K)`` float64 with K = C/group·kh·kw in the weights' order
-    (input channel, kernel row, kernel column), summed over every output
-    position and image, padding included as zeros (as the convolution sees it)."""
+    (input channel, kernel row, kernel column), summed over the output
+    positions of every image, padding included as zeros (as the convolution
+    sees it).  With ``max_positions``, a large output map contributes only
+    the windows on a regular sub-grid (every ``position_step``-th row and
+    column), at most that many per image: H only needs to be known up to a
+    scale, and neighbouring windows add little to it."""
     x = np.asarray(x, np.float32)
     n, c, h, wd = x.shape
     kh, kw = kernel
@@ -147,21 +188,23 @@ def conv_gram(x: np.ndarray, group: int, kernel: tuple[int, int], pad: tuple[int
     if oh < 1 or ow < 1 or c % group:
         raise QuantizationError(f"convolution input {x.shape} gives no output for kernel "
                                 f"{kernel}, pad {pad}, stride {stride}, dilation {dilation}")
+    step = position_step(oh, ow, max_positions)
+    oh, ow, sh, sw = -(-oh // step), -(-ow // step), sh * step, sw * step
     cg = c // group
     k = cg * kh * kw
     out = np.zeros((group, k, k), np.float64)
     per_image = c * kh * kw * oh * ow * 4
-    step = max(1, COLUMN_BYTES // max(per_image, 1))
-    for i0 in range(0, n, step):
-        xp = np.pad(x[i0:i0 + step], ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-        m = xp.shape[0]
-        cols = np.empty((m, c, kh, kw, oh, ow), np.float32)
+    per_chunk = max(1, COLUMN_BYTES // max(per_image, 1))
+    for i0 in range(0, n, per_chunk):
+        xp = np.pad(x[i0:i0 + per_chunk], ((0, 0), (0, 0), (ph, ph), (pw, pw))).swapaxes(0, 1)
+        m = xp.shape[1]
+        # Channel-major columns (C, kh, kw, image, oh, ow): (group, K, positions)
+        # is then a view, and each chunk is one GEMM per group.
+        cols = np.empty((c, kh, kw, m, oh, ow), np.float32)
         for i in range(kh):
             for j in range(kw):
-                cols[:, :, i, j] = xp[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh,
-                                      j * dw:j * dw + sw * (ow - 1) + 1:sw]
-        # (image, group, K, positions) is a view of the columns: one GEMM per
-        # image and group, float32 products summed into float64 per chunk.
-        cols = cols.reshape(m, group, k, oh * ow)
-        out += np.matmul(cols, np.swapaxes(cols, 2, 3)).sum(axis=0, dtype=np.float64)
+                cols[:, i, j] = xp[:, :, i * dh:i * dh + sh * (oh - 1) + 1:sh,
+                                   j * dw:j * dw + sw * (ow - 1) + 1:sw]
+        cols = cols.reshape(group, k, m * oh * ow)
+        out += np.matmul(cols, np.swapaxes(cols, 1, 2))
     return out
