@@ -14,6 +14,15 @@ record.  Layers are independent of each other, so the statistics of all of
 them come from forward passes of the float model (one pass over the batches
 per group of layers whose ``H`` fit ``memory_budget`` together).
 
+With fewer input rows than weight columns (an InnerProduct sees one row per
+image) GPTQ can fit the calibration inputs almost exactly and do worse on
+new ones.  So a layer with fewer than ``VALIDATE_BELOW_ROWS_PER_COLUMN`` rows
+per column is cross-validated first: GPTQ on the even-numbered calibration
+images is measured on the odd ones and the other way round, and the codes
+change only if that held-out error is below nearest rounding's.  A layer
+whose codes would not lower the error on all calibration inputs keeps ARQ's
+codes too.
+
 Rounded: Convolution (2-D and 1-D, grouped and depthwise, channel axis 1)
 and InnerProduct.  Deconvolution keeps nearest rounding (its output is a
 scatter of overlapping kernel copies, so no single input Gram matrix
@@ -54,16 +63,26 @@ POSITIONS_PER_COLUMN = 4
 METHODS = ("gptq", "nearest")
 
 
+#: Layers with fewer input rows (images x windows) than this many per weight
+#: column are cross-validated before their codes change (``round_weights``).
+VALIDATE_BELOW_ROWS_PER_COLUMN = 16
+
+
 @attrs.frozen
 class RoundedLayer:
     """What GPTQ did to one layer, measured on the calibration inputs."""
 
     layer: str
-    #: fraction of the weights whose code differs from nearest rounding
+    #: fraction of the weights whose code differs from nearest rounding (0: kept)
     changed: float
     #: ``||(Ŵ − W) X||²`` summed over the calibration inputs, nearest and GPTQ codes
     error_nearest: float
     error: float
+    #: input rows H was summed over
+    rows: int = 0
+    #: cross-validated layers: GPTQ's output error over nearest rounding's on
+    #: the half of the calibration images it did not see (None: not validated)
+    heldout_ratio: float | None = None
 
 
 @attrs.frozen
@@ -79,14 +98,25 @@ class _Geometry:
     dilation: tuple[int, int] = (1, 1)
     one_d: bool = False
 
+    def _max_positions(self, channels: int) -> int:
+        return POSITIONS_PER_COLUMN * channels // self.group * self.kernel[0] * self.kernel[1]
+
     def gram(self, x: np.ndarray) -> np.ndarray:
         if self.kind == "dense":
             return gptq.dense_gram(x, self.axis)
         if self.one_d:
             x = x[:, :, None, :]
-        columns = x.shape[1] // self.group * self.kernel[0] * self.kernel[1]
         return gptq.conv_gram(x, self.group, self.kernel, self.pad, self.stride, self.dilation,
-                              max_positions=POSITIONS_PER_COLUMN * columns)
+                              max_positions=self._max_positions(x.shape[1]))
+
+    def rows(self, shape: tuple[int, ...]) -> int:
+        """Input rows (one per output position the weights meet) ``gram`` sums over."""
+        if self.kind == "dense":
+            return int(np.prod(shape[:self.axis]))
+        hw = (1, shape[2]) if self.one_d else (shape[2], shape[3])
+        oh, ow, _ = gptq.sampled_windows(hw, self.kernel, self.pad, self.stride, self.dilation,
+                                         self._max_positions(shape[1]))
+        return int(shape[0]) * oh * ow
 
 
 def _geometry(layer: Layer, in_shape: tuple[int, ...]) -> _Geometry | None:
@@ -154,17 +184,30 @@ def _sweeps(names: Sequence[str], columns: Mapping[str, tuple[int, int]],
     return out if out[0] else []
 
 
+@attrs.define
+class _Stats:
+    """One layer's H, split by calibration image: even-numbered images in
+    ``folds[0]``, odd ones in ``folds[1]``; ``rows`` likewise."""
+
+    folds: list = attrs.field(factory=lambda: [0.0, 0.0])
+    rows: list = attrs.field(factory=lambda: [0, 0])
+
+    @property
+    def total(self) -> np.ndarray:
+        return self.folds[0] + self.folds[1]
+
+
 def input_grams(float_graph: Graph, geometry: Mapping[str, _Geometry],
                 factors: Mapping[str, tuple[float, int]], inputs: Mapping[str, str],
-                feeds: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """``H`` of each layer's quantized input, summed over ``feeds`` (one sweep)."""
+                feeds: Iterable[Mapping[str, np.ndarray]]) -> dict[str, _Stats]:
+    """``H`` of each layer's quantized input over ``feeds`` (one sweep), by image parity."""
     from amct.runtime import compile as compile_graph
 
     readers: dict[str, list[str]] = {}
     for name, vid in inputs.items():
         readers.setdefault(vid, []).append(name)
-    grams: dict[str, np.ndarray] = {}
-
+    stats = {name: _Stats() for name in inputs}
+    first = [0]          # index of the current batch's first image
     # The forward pass keeps BLAS at one thread for its own small GEMMs; the
     # Gram matrices are large ones and get the caller's threads back.
     threads = blas_thread_count()
@@ -172,9 +215,14 @@ def input_grams(float_graph: Graph, geometry: Mapping[str, _Geometry],
     def observe(layer, top, blob, vid, arr):
         for name in readers.get(vid, ()):
             scale_d, offset_d = factors[name]
-            with blas_threads(threads):
-                h = geometry[name].gram(gptq.quantize_input(arr, scale_d, offset_d))
-            grams[name] = h if name not in grams else grams[name] + h
+            x = gptq.quantize_input(arr, scale_d, offset_d)
+            st, geo = stats[name], geometry[name]
+            for fold in (0, 1):
+                part = x[(fold - first[0]) % 2::2]
+                if len(part):
+                    with blas_threads(threads):
+                        st.folds[fold] = st.folds[fold] + geo.gram(part)
+                    st.rows[fold] += geo.rows(part.shape)
 
     # Observing only the producers keeps the runtime's fusions everywhere else.
     producers = sorted(x.name for x in float_graph.layers
@@ -185,7 +233,8 @@ def input_grams(float_graph: Graph, geometry: Mapping[str, _Geometry],
         if key not in progs:
             progs[key] = compile_graph(float_graph, dict(key))
         progs[key].run(feed, observers=[(observe, None, producers)])
-    return grams
+        first[0] += len(next(iter(feed.values())))
+    return stats
 
 
 def round_weights(graph: Graph, batches: Iterable[Any], layers: Iterable[str] | None = None,
@@ -244,6 +293,7 @@ def round_weights(graph: Graph, batches: Iterable[Any], layers: Iterable[str] | 
         for name in sweep:
             out.append(_round_layer(graph.layer(name), qgraph.layer(name).meta["quant"],
                                     geometry[name].group, grams[name], damp))
+        del grams
     if not names:
         if not feeds:
             raise DataError("weight rounding needs at least one batch of calibration inputs")
@@ -251,8 +301,10 @@ def round_weights(graph: Graph, batches: Iterable[Any], layers: Iterable[str] | 
     order = {n: i for i, n in enumerate(names)}
     out.sort(key=lambda r: order[r.layer])
     for r in out:
-        log.debug("weight rounding %s: %.1f %% of codes changed, output error x%.3f",
-                  r.layer, 100 * r.changed, r.error / r.error_nearest if r.error_nearest else 1.0)
+        log.debug("weight rounding %s: %.1f %% of codes changed, output error x%.3f on %d rows"
+                  "%s", r.layer, 100 * r.changed,
+                  r.error / r.error_nearest if r.error_nearest else 1.0, r.rows,
+                  "" if r.heldout_ratio is None else f", x{r.heldout_ratio:.3f} held out")
     log.info("weight rounding (GPTQ): %d layers on %d batches", len(out), seen.count)
     return out
 
@@ -270,16 +322,34 @@ class _Counter:
             yield x
 
 
-def _round_layer(layer: Layer, q, group: int, gram: np.ndarray, damp: float) -> RoundedLayer:
+def _round_layer(layer: Layer, q, group: int, stats: _Stats, damp: float) -> RoundedLayer:
     rows = _rows(layer, group)
     scale = _row_scales(q.scale_w, rows.shape[0] * rows.shape[1]).reshape(rows.shape[:2])
-    codes = gptq.gptq_codes(rows, gram, scale, damp=damp)
     nearest = np.asarray(q.w_q, np.float64).reshape(rows.shape)
+    gram, n_rows = stats.total, sum(stats.rows)
     before = float(gptq.output_error(rows, nearest, gram, scale).sum())
+    kept = RoundedLayer(layer.name, 0.0, before, before, n_rows)
+    heldout = None
+    if n_rows < VALIDATE_BELOW_ROWS_PER_COLUMN * rows.shape[2]:
+        # Few rows per column: GPTQ can fit the calibration inputs far better
+        # than new ones (an InnerProduct sees one row per image).  Round on
+        # each half of the images and measure on the other half.
+        if min(stats.rows) == 0:
+            return kept
+        err = near = 0.0
+        for fit, check in ((0, 1), (1, 0)):
+            codes = gptq.gptq_codes(rows, stats.folds[fit], scale, damp=damp)
+            err += float(gptq.output_error(rows, codes, stats.folds[check], scale).sum())
+            near += float(gptq.output_error(rows, nearest, stats.folds[check], scale).sum())
+        heldout = err / near if near > 0 else 1.0
+        if not heldout < 1.0:
+            return attrs.evolve(kept, heldout_ratio=heldout)
+    codes = gptq.gptq_codes(rows, gram, scale, damp=damp)
     after = float(gptq.output_error(rows, codes, gram, scale).sum())
     if not after < before:
         # GPTQ minimises a damped version of this error; should the damping
         # cost more than it gains, ARQ's codes stay.
-        return RoundedLayer(layer.name, 0.0, before, before)
+        return attrs.evolve(kept, heldout_ratio=heldout)
     layer.meta["w_q"] = codes.reshape(layer.blobs[0].shape).astype(np.int8)
-    return RoundedLayer(layer.name, float(np.mean(codes != nearest)), before, after)
+    return RoundedLayer(layer.name, float(np.mean(codes != nearest)), before, after, n_rows,
+                        heldout)

@@ -166,6 +166,21 @@ def position_step(oh: int, ow: int, max_positions: int | None) -> int:
     return step
 
 
+def sampled_windows(hw: tuple[int, int], kernel: tuple[int, int], pad: tuple[int, int],
+                    stride: tuple[int, int], dilation: tuple[int, int],
+                    max_positions: int | None = None) -> tuple[int, int, tuple[int, int]]:
+    """``(rows, columns, stride)`` of the output windows ``conv_gram`` takes
+    from one image of spatial size ``hw``: the convolution's output grid, or
+    its regular sub-grid when it has more than ``max_positions`` windows."""
+    oh = (hw[0] + 2 * pad[0] - (dilation[0] * (kernel[0] - 1) + 1)) // stride[0] + 1
+    ow = (hw[1] + 2 * pad[1] - (dilation[1] * (kernel[1] - 1) + 1)) // stride[1] + 1
+    if oh < 1 or ow < 1:
+        raise QuantizationError(f"convolution input {tuple(hw)} gives no output for kernel "
+                                f"{kernel}, pad {pad}, stride {stride}, dilation {dilation}")
+    step = position_step(oh, ow, max_positions)
+    return -(-oh // step), -(-ow // step), (stride[0] * step, stride[1] * step)
+
+
 def conv_gram(x: np.ndarray, group: int, kernel: tuple[int, int], pad: tuple[int, int],
               stride: tuple[int, int], dilation: tuple[int, int],
               max_positions: int | None = None) -> np.ndarray:
@@ -181,15 +196,10 @@ def conv_gram(x: np.ndarray, group: int, kernel: tuple[int, int], pad: tuple[int
     n, c, h, wd = x.shape
     kh, kw = kernel
     ph, pw = pad
-    sh, sw = stride
     dh, dw = dilation
-    oh = (h + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
-    ow = (wd + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
-    if oh < 1 or ow < 1 or c % group:
-        raise QuantizationError(f"convolution input {x.shape} gives no output for kernel "
-                                f"{kernel}, pad {pad}, stride {stride}, dilation {dilation}")
-    step = position_step(oh, ow, max_positions)
-    oh, ow, sh, sw = -(-oh // step), -(-ow // step), sh * step, sw * step
+    if c % group:
+        raise QuantizationError(f"convolution input {x.shape}: {c} channels in {group} groups")
+    oh, ow, (sh, sw) = sampled_windows((h, wd), kernel, pad, stride, dilation, max_positions)
     cg = c // group
     k = cg * kh * kw
     out = np.zeros((group, k, k), np.float64)
