@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 import amct
 from amct.errors import ConfigError, DataError, QuantizationError
-from amct.quant.gptq import conv_gram, dense_gram, gptq_codes, output_error, quantize_input
+from amct.quant.gptq import (conv_gram, dense_gram, gptq_codes, output_error, position_step,
+                              quantize_input)
 from conftest import REPO, shared_or_skip
 
 ONE = np.array([[1.0]])
@@ -105,6 +106,26 @@ def test_quantize_input_is_the_quant_layers_arithmetic() -> None:
     # scale_d 0.5, offset 3: codes round(x·2) clamped to [-131, 124], times 0.5.
     got = quantize_input(np.array([0.26, -100.0, 100.0, 0.25], np.float32), 0.5, 3)
     np.testing.assert_array_equal(got, [0.5, -65.5, 62.0, 0.5])      # 0.5 ties away: 1
+
+
+@pytest.mark.parametrize("oh, ow, cap, step", [
+    (10, 10, None, 1), (10, 10, 100, 1),
+    (75, 75, 2304, 2),       # 5625 windows: every 2nd row and column leaves 38 x 38 = 1444
+    (7, 7, 10, 3),           # sqrt(49 / 10) -> 3: 3 x 3 = 9 windows
+    (7, 7, 8, 4),            # 3 x 3 = 9 > 8, so 4: 2 x 2
+])
+def test_position_step_by_hand(oh, ow, cap, step) -> None:
+    assert position_step(oh, ow, cap) == step
+
+
+def test_sampled_windows_are_the_strided_convolutions_windows() -> None:
+    # Every 3rd window of a stride-1 convolution are exactly the windows of
+    # the same convolution at stride 3.
+    x = np.random.default_rng(2).normal(size=(3, 2, 20, 17)).astype(np.float32)
+    geo = dict(group=1, kernel=(3, 3), pad=(1, 1), dilation=(1, 1))
+    sampled = conv_gram(x, stride=(1, 1), max_positions=50, **geo)          # 20 x 17 -> step 3
+    np.testing.assert_array_equal(sampled, conv_gram(x, stride=(3, 3), **geo))
+    assert not np.array_equal(sampled, conv_gram(x, stride=(1, 1), **geo))
 
 
 def _conv_net(tmp_path, c, o, group, k, s, p, d, hw):
@@ -340,3 +361,31 @@ def test_one_image_cannot_be_validated_and_keeps_nearest_codes(tmp_path) -> None
     x = np.random.default_rng(0).normal(size=(1, 64)).astype(np.float32)
     r = _ip_rounding(tmp_path, x)
     assert r.rows == 1 and r.heldout_ratio is None and r.changed == 0.0
+
+
+def test_one_dimensional_convolution_statistics(tmp_path) -> None:
+    # A 1-D convolution (input N, C, W) is the 2-D one with a unit height: the
+    # same identity between its output energy and H holds.
+    from amct.frontends.caffe import load_caffe
+    from amct.runtime import run
+    from amct.weight_rounding import _geometry
+
+    path = tmp_path / "c1.prototxt"
+    path.write_text("""
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 4 dim: 17 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+  convolution_param { num_output: 6 group: 2 kernel_size: 3 stride: 2 pad: 1 bias_term: false } }
+""")
+    g = load_caffe(str(path))
+    rng = np.random.default_rng(5)
+    w = rng.normal(size=(6, 2, 3)).astype(np.float32)
+    g.layer("conv").blobs = [w]
+    x = rng.normal(size=(2, 4, 17)).astype(np.float32)
+    y = run(g, {"data": x})["conv"].astype(np.float64)
+    geo = _geometry(g.layer("conv"), x.shape)
+    assert geo.one_d and geo.group == 2
+    h = geo.gram(x)
+    assert h.shape == (2, 6, 6) and geo.rows(x.shape) == 2 * 9      # 9 outputs per image
+    rows = w.astype(np.float64).reshape(2, 3, -1)
+    assert np.einsum("grk,gkl,grl->", rows, h, rows) == pytest.approx(float((y ** 2).sum()),
+                                                                      rel=1e-5)
