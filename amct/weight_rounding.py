@@ -51,9 +51,9 @@ log = logging.getLogger("amct.weight_rounding")
 #: Layer types whose codes are re-chosen.
 ROUNDABLE_TYPES = ("Convolution", "InnerProduct")
 #: Above this many weights per output row, H (columns² float64) is not built.
-DEFAULT_MAX_COLUMNS = 8192
+DEFAULT_MAX_COLUMNS = 2304
 #: Memory for the H matrices of the layers gathered in one forward sweep.
-DEFAULT_MEMORY_BUDGET = 512 << 20
+DEFAULT_MEMORY_BUDGET = 1 << 30
 #: A convolution's H takes at most this many output windows per image per
 #: weight column (a regular sub-grid of larger maps, ``gptq.conv_gram``).
 #: GPTQ is usually run with tens of rows per column; with 4 per image, ten
@@ -170,12 +170,12 @@ def roundable_layers(qgraph: Graph, max_columns: int = DEFAULT_MAX_COLUMNS) -> l
 
 def _sweeps(names: Sequence[str], columns: Mapping[str, tuple[int, int]],
             budget: int) -> list[list[str]]:
-    """Layers in groups whose H matrices (group·K² float64) fit ``budget`` together."""
+    """Layers in groups whose statistics (group·K² float64, three times) fit ``budget``."""
     out: list[list[str]] = [[]]
     held = 0
     for name in names:
         g, k = columns[name]
-        size = 8 * g * k * k
+        size = 3 * 8 * g * k * k        # both halves' H and their sum, float64
         if out[-1] and held + size > budget:
             out.append([])
             held = 0

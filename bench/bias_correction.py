@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/bias_correction.py [--model ultraface|det3|cifar10] [--images 4]
+    python bench/bias_correction.py [--model ultraface|det3|cifar10|resnet50] [--images 4]
                                     [--work bench/_work/bias_correction]
 
 The model's calibration batches are those of ``bench/accuracy.py`` (real photos,
@@ -37,13 +37,29 @@ STEPS = {"bias_correction": ("bias correction", {"bias_correction": True}),
 OFF = {"bias_correction": False, "weight_rounding": "nearest"}
 
 
+def resnet50_case(work: Path) -> dict:
+    """ResNet-50 with seeded random weights (``bench/calibrate.py``'s) on 32 real
+    image crops in batches of 4, evaluated on 8 more: a large net for the cost
+    figures (its cosines say nothing about trained accuracy)."""
+    import calibrate
+
+    proto, weights = calibrate.resnet50_files(REPO / "bench/_work/calibrate")
+    crops = calibrate.images(40)
+    return {"model": proto, "weights": weights,
+            "calib": [crops[i:i + 4] for i in range(0, 32, 4)], "eval": [crops[32:]]}
+
+
 def child(model: str, images: int, work: Path, on: bool, step: str) -> dict:
     import accuracy as acc
 
     import amct
 
-    case = acc.model_case(model)
-    calib = case["calib"][:images]
+    if model == "resnet50":
+        case = resnet50_case(work)
+        calib = case["calib"]
+    else:
+        case = acc.model_case(model)
+        calib = case["calib"][:images]
     kwargs = {**OFF, **(STEPS[step][1] if on else {})}
     t0 = time.perf_counter()
     res = amct.quantize(str(case["model"]), str(case["weights"]), calib,
@@ -63,8 +79,10 @@ def child(model: str, images: int, work: Path, on: bool, step: str) -> dict:
 def main(argv=None, step: str = "bias_correction", doc: str = __doc__,
          script: str = __file__) -> int:
     ap = argparse.ArgumentParser(description=doc.split("\n")[0])
-    ap.add_argument("--model", default="ultraface", choices=["ultraface", "det3", "cifar10"])
-    ap.add_argument("--images", type=int, default=4, help="calibration photos (10 views each)")
+    ap.add_argument("--model", default="ultraface",
+                    choices=["ultraface", "det3", "cifar10", "resnet50"])
+    ap.add_argument("--images", type=int, default=4,
+                    help="calibration photos (10 views each; resnet50: always 32 crops)")
     ap.add_argument("--work", default=str(REPO / "bench/_work" / step))
     ap.add_argument("--child", choices=["on", "off"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
