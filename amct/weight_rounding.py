@@ -284,16 +284,22 @@ def round_weights(graph: Graph, batches: Iterable[Any], layers: Iterable[str] | 
         _feeds(b, graph.inputs, i, declared) for i, b in enumerate(batches))
     if len(sweeps) > 1 or not names:
         feeds = list(feeds)
-    out, seen = [], _Counter()
+    out, codes, seen = [], {}, _Counter()
     for sweep in sweeps:
         grams = input_grams(float_graph, {n: geometry[n] for n in sweep}, factors,
                             {n: inputs[n] for n in sweep}, seen.counting(feeds))
         if not seen.count:
             raise DataError("weight rounding needs at least one batch of calibration inputs")
         for name in sweep:
-            out.append(_round_layer(graph.layer(name), qgraph.layer(name).meta["quant"],
-                                    geometry[name].group, grams[name], damp))
+            result, new = _round_layer(graph.layer(name), qgraph.layer(name).meta["quant"],
+                                       geometry[name].group, grams[name], damp)
+            out.append(result)
+            if new is not None:
+                codes[name] = new
         del grams
+    # Only now, with every layer done: an error above leaves the graph as it was.
+    for name, new in codes.items():
+        graph.layer(name).meta["w_q"] = new
     if not names:
         if not feeds:
             raise DataError("weight rounding needs at least one batch of calibration inputs")
@@ -322,7 +328,12 @@ class _Counter:
             yield x
 
 
-def _round_layer(layer: Layer, q, group: int, stats: _Stats, damp: float) -> RoundedLayer:
+def _round_layer(layer: Layer, q, group: int, stats: _Stats,
+                 damp: float) -> tuple[RoundedLayer, np.ndarray | None]:
+    """What GPTQ makes of one layer, and its new int8 codes (None: ARQ's stay)."""
+    if not all(np.isfinite(f).all() for f in stats.folds):
+        raise DataError(f"weight rounding: layer '{layer.name}': its input is not finite on "
+                        "these batches (NaN or Inf in the inputs?)")
     rows = _rows(layer, group)
     scale = _row_scales(q.scale_w, rows.shape[0] * rows.shape[1]).reshape(rows.shape[:2])
     nearest = np.asarray(q.w_q, np.float64).reshape(rows.shape)
@@ -335,7 +346,7 @@ def _round_layer(layer: Layer, q, group: int, stats: _Stats, damp: float) -> Rou
         # than new ones (an InnerProduct sees one row per image).  Round on
         # each half of the images and measure on the other half.
         if min(stats.rows) == 0:
-            return kept
+            return kept, None
         err = near = 0.0
         for fit, check in ((0, 1), (1, 0)):
             codes = gptq.gptq_codes(rows, stats.folds[fit], scale, damp=damp)
@@ -343,13 +354,12 @@ def _round_layer(layer: Layer, q, group: int, stats: _Stats, damp: float) -> Rou
             near += float(gptq.output_error(rows, nearest, stats.folds[check], scale).sum())
         heldout = err / near if near > 0 else 1.0
         if not heldout < 1.0:
-            return attrs.evolve(kept, heldout_ratio=heldout)
+            return attrs.evolve(kept, heldout_ratio=heldout), None
     codes = gptq.gptq_codes(rows, gram, scale, damp=damp)
     after = float(gptq.output_error(rows, codes, gram, scale).sum())
     if not after < before:
         # GPTQ minimises a damped version of this error; should the damping
         # cost more than it gains, ARQ's codes stay.
-        return attrs.evolve(kept, heldout_ratio=heldout)
-    layer.meta["w_q"] = codes.reshape(layer.blobs[0].shape).astype(np.int8)
-    return RoundedLayer(layer.name, float(np.mean(codes != nearest)), before, after, n_rows,
-                        heldout)
+        return attrs.evolve(kept, heldout_ratio=heldout), None
+    return (RoundedLayer(layer.name, float(np.mean(codes != nearest)), before, after, n_rows,
+                         heldout), codes.reshape(layer.blobs[0].shape).astype(np.int8))

@@ -235,10 +235,37 @@ def test_round_weights_errors(tmp_path) -> None:
         amct.round_weights(g, [x], layers=["conv1", "pool1"])
     with pytest.raises(DataError, match="batch 0: input 'data' has shape"):
         amct.round_weights(g, [np.repeat(x, 3, axis=1)])
+    bad = x[8:].copy()
+    bad[0, 0, 5, 5] = np.nan
+    with pytest.raises(DataError, match="layer 'conv1'.*not finite"):
+        amct.round_weights(g, [x[:8], bad])
     np.testing.assert_array_equal(g.layer("conv1").meta["w_q"], before)   # nothing applied
     only = amct.round_weights(g, [x], layers=["conv2"])
     assert [r.layer for r in only] == ["conv2"]
     np.testing.assert_array_equal(g.layer("conv1").meta["w_q"], before)
+
+
+def test_a_failing_layer_leaves_the_earlier_ones_unchanged(tmp_path, monkeypatch) -> None:
+    # conv1 and conv2 are rounded before ip1 fails: none of them may change.
+    from amct import weight_rounding
+
+    model, weights, x = _lenet()
+    g = _calibrated(tmp_path, model, weights, x)
+    codes = {n: np.array(g.layer(n).meta["w_q"]) for n in ("conv1", "conv2", "ip1", "ip2")}
+    real, done = weight_rounding._round_layer, []
+
+    def failing(layer, *a, **k):
+        if layer.name == "ip1":
+            raise DataError("ip1 fails")
+        done.append(layer.name)
+        return real(layer, *a, **k)
+
+    monkeypatch.setattr(weight_rounding, "_round_layer", failing)
+    with pytest.raises(DataError, match="ip1 fails"):
+        amct.round_weights(g, [x])
+    assert done == ["conv1", "conv2"]
+    for n, c in codes.items():
+        np.testing.assert_array_equal(g.layer(n).meta["w_q"], c)
 
 
 def test_quantize_weight_rounding_switch(tmp_path) -> None:
