@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import attrs
 import numpy as np
 
-from amct.errors import ConfigError, DataError
+from amct.errors import DataError
 from amct.ir import Graph, Layer
 
 log = logging.getLogger("amct.bias_correction")
@@ -275,6 +275,7 @@ def correct_bias(graph: Graph, batches: Iterable[Any], layers: Iterable[str] | N
     """
     from amct.api import _feeds, quantized_graph
     from amct.backends.ascend.fake_quant import build_fake_quant
+    from amct.passes.quantizable import choose_layers
     from amct.passes.remove_calibration import without_calibration
 
     declared = graph.input_shapes()
@@ -288,14 +289,10 @@ def correct_bias(graph: Graph, batches: Iterable[Any], layers: Iterable[str] | N
     correctable = [d.params.dequant_param.object_layer for _, d in _segments(fake)]
     if layers is None:
         chosen = set(default_layers(fake))
+        names = [n for n in correctable if n in chosen]
     else:
-        chosen = set(layers)
-        unknown = sorted(chosen - set(correctable))
-        if unknown:
-            raise ConfigError(f"bias correction: {unknown} are not quantized Convolution, "
-                              f"Deconvolution or InnerProduct layers (those are: "
-                              f"{', '.join(correctable)})")
-    names = [n for n in correctable if n in chosen]
+        names = choose_layers(layers, correctable, "bias correction",
+                              "quantized Convolution, Deconvolution or InnerProduct layers")
     per_input = sweep_bytes_per_input(fake, [i for i, _ in _segments(fake, names)],
                                       {k: np.shape(v) for k, v in feeds[0].items()})
     # Batches are read lazily and only while their sweep memory fits the budget.

@@ -41,7 +41,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import attrs
 import numpy as np
 
-from amct.errors import ConfigError, DataError
+from amct.errors import DataError
 from amct.ir import Graph, Layer
 from amct.layers._im2col import blas_thread_count, blas_threads
 from amct.quant import gptq
@@ -252,20 +252,14 @@ def round_weights(graph: Graph, batches: Iterable[Any], layers: Iterable[str] | 
     ``RoundedLayer`` per layer, in execution order.
     """
     from amct.api import _feeds, quantized_graph
+    from amct.passes.quantizable import choose_layers
     from amct.passes.remove_calibration import without_calibration
 
     qgraph = quantized_graph(graph)
     candidates = roundable_layers(qgraph, max_columns)
-    if layers is None:
-        names = candidates
-    else:
-        chosen = set(layers)
-        unknown = sorted(chosen - set(candidates))
-        if unknown:
-            raise ConfigError(f"weight rounding: {unknown} are not quantized Convolution or "
-                              f"InnerProduct layers it can round (those are: "
-                              f"{', '.join(candidates) or 'none'})")
-        names = [n for n in candidates if n in chosen]
+    names = candidates if layers is None else choose_layers(
+        layers, candidates, "weight rounding",
+        "quantized Convolution or InnerProduct layers it can round")
     declared = graph.input_shapes()
     float_graph = without_calibration(graph)
     shapes = float_graph.infer_value_shapes()

@@ -401,28 +401,6 @@ def _openblas():
     return _BLAS or None
 
 
-class single_blas:
-    """Context manager: OpenBLAS single-threaded inside (see above).  A no-op
-    without a detectable OpenBLAS or when ``AMCT_BLAS_THREADS=native``."""
-
-    def __enter__(self):
-        self._prev = None
-        if os.environ.get("AMCT_BLAS_THREADS", "") == "native":
-            return self
-        blas = _openblas()
-        if blas is not None:
-            n = blas[0]()
-            if n > 1:
-                blas[1](1)
-                self._prev = n
-        return self
-
-    def __exit__(self, *exc):
-        if self._prev is not None:
-            _openblas()[1](self._prev)
-        return False
-
-
 class blas_threads:
     """Context manager: OpenBLAS at ``n`` threads inside, the previous count
     after.  For large GEMMs that run inside a forward pass (an observer's
@@ -446,6 +424,20 @@ class blas_threads:
         if self._prev is not None:
             _openblas()[1](self._prev)
         return False
+
+
+class single_blas(blas_threads):
+    """Context manager: OpenBLAS single-threaded inside (see above).  A no-op
+    without a detectable OpenBLAS or when ``AMCT_BLAS_THREADS=native``."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+
+    def __enter__(self):
+        if os.environ.get("AMCT_BLAS_THREADS", "") == "native":
+            self._prev = None
+            return self
+        return super().__enter__()
 
 
 def blas_thread_count() -> int:

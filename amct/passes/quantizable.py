@@ -74,3 +74,16 @@ def scale_output_channels(w: np.ndarray, a: np.ndarray, layer: Layer) -> np.ndar
     """``w`` with output channel c multiplied by ``a[c]`` (new float32 array)."""
     view = channel_scale_view(np.asarray(a, np.float64), w.shape, layer.type, group_count(layer))
     return (w.astype(np.float64) * view).astype(np.float32)
+
+
+def choose_layers(requested, available: list[str], step: str, what: str) -> list[str]:
+    """The names in ``requested`` (a ``layers=`` argument), in ``available``'s
+    order.  A name that is not available is a ``ConfigError`` that lists them."""
+    from amct.errors import ConfigError
+
+    chosen = set(requested)
+    unknown = sorted(chosen - set(available))
+    if unknown:
+        raise ConfigError(f"{step}: {unknown} are not {what} (those are: "
+                          f"{', '.join(available) or 'none'})")
+    return [n for n in available if n in chosen]
