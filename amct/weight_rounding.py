@@ -227,12 +227,16 @@ def input_grams(float_graph: Graph, geometry: Mapping[str, _Geometry],
     # Observing only the producers keeps the runtime's fusions everywhere else.
     producers = sorted(x.name for x in float_graph.layers
                        if set(float_graph.output_values(x)) & set(readers))
+    # The pass over the batches stops at the last of them: a sweep of early
+    # layers does not run the rest of the net.
+    order = {x.name: i for i, x in enumerate(float_graph.layers)}
+    last = max(producers, key=order.__getitem__)
     progs: dict[tuple, Any] = {}
     for feed in feeds:
         key = tuple(sorted((k, np.shape(v)) for k, v in feed.items()))
         if key not in progs:
             progs[key] = compile_graph(float_graph, dict(key))
-        progs[key].run(feed, observers=[(observe, None, producers)])
+        progs[key].forward(feed, end=last, outputs=[], observers=[(observe, None, producers)])
         first[0] += len(next(iter(feed.values())))
     return stats
 
