@@ -277,6 +277,9 @@ def round_weights(graph: Graph, batches: Iterable[Any], layers: Iterable[str] | 
         factors[name] = (q.scale_d, q.offset_d)
         columns[name] = (geometry[name].group, q.w_q.size // q.w_q.shape[0])
     sweeps = _sweeps(names, columns, memory_budget)
+    if names:
+        log.info("weight rounding (GPTQ): %d layers, %d pass(es) over the calibration batches",
+                 len(names), len(sweeps))
     # One sweep reads the batches lazily; several need them again.
     feeds: Iterable[Mapping[str, np.ndarray]] = (
         _feeds(b, graph.inputs, i, declared) for i, b in enumerate(batches))
@@ -309,7 +312,8 @@ def round_weights(graph: Graph, batches: Iterable[Any], layers: Iterable[str] | 
                   "%s", r.layer, 100 * r.changed,
                   r.error / r.error_nearest if r.error_nearest else 1.0, r.rows,
                   "" if r.heldout_ratio is None else f", x{r.heldout_ratio:.3f} held out")
-    log.info("weight rounding (GPTQ): %d layers on %d batches", len(out), seen.count)
+    log.info("weight rounding (GPTQ): new codes on %d of %d layers, measured on %d batches",
+             sum(r.changed > 0 for r in out), len(out), seen.count)
     return out
 
 

@@ -129,8 +129,11 @@ def calibrate(args, graph, ds, bs: int) -> tuple[dict[str, str], int]:
         prog.run(batch)
     if getattr(args, "weight_rounding", "gptq") == "gptq":
         # The same batches again, read lazily, through the float model.
-        rounded = amct.round_weights(g, ds.batches(bs, batch_num))
-        log.info("weight rounding: %d layers", len(rounded))
+        # On a large net this takes several times the calibration itself
+        # (docs/weight_rounding.md, "Cost"): say so before it starts.
+        log.info("weight rounding (GPTQ) on the calibration batches; --weight-rounding nearest "
+                 "skips it")
+        amct.round_weights(g, ds.batches(bs, batch_num))
     if getattr(args, "bias_correction", True):
         # The same batches again, read lazily: the correction runs the fake-quant model on them.
         shifts = amct.correct_bias(g, ds.batches(bs, batch_num))
