@@ -21,6 +21,34 @@ def shared_or_skip(*parts: str) -> Path:
     return p
 
 
+def bench_accuracy():
+    """bench/accuracy.py as a module (its real-image cases), or a skip when
+    Pillow or shared/'s images are missing."""
+    import sys
+
+    pytest.importorskip("PIL")
+    shared_or_skip("models", "images")
+    if str(REPO / "bench") not in sys.path:
+        sys.path.insert(0, str(REPO / "bench"))
+    import accuracy
+
+    return accuracy
+
+
+def fake_quant_cosines(case: dict, calib: list, evals: list, prefix: str, **options) -> dict:
+    """Cosine of every output, fake-quant against fp32 on ``evals``, after
+    ``amct.quantize`` of ``case``'s model on ``calib`` with ``options``."""
+    import amct
+
+    acc = bench_accuracy()
+    model, weights = str(case["model"]), str(case["weights"])
+    ref = acc._run_all(amct.load_caffe(model, weights), evals)
+    res = amct.quantize(model, weights, calib, prefix, save_type="Fakequant", **options)
+    got = acc._run_all(amct.load_caffe(res.outputs["fake_model"], res.outputs["fake_weights"]),
+                       evals)
+    return {k: acc.cosine(ref[k], got[k]) for k in ref}
+
+
 @pytest.fixture
 def golden_dir():
     return shared_or_skip("golden")

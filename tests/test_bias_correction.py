@@ -3,7 +3,6 @@ rule, the sequential sweep, the API and the effect on real models."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ from amct.bias_correction import (float_output_means, measure_shifts, shrunk_shi
 from amct.errors import ConfigError, DataError, QuantizationError
 from amct.ir import Graph, Layer
 from amct.quant.rounding import round_half_away
-from conftest import REPO, shared_or_skip
+from conftest import bench_accuracy, fake_quant_cosines, shared_or_skip
 
 
 # ---------------------------------------------------------------- shrinkage
@@ -304,21 +303,10 @@ def test_quantize_without_bias_correction_is_amct_flow(lenet_x, tmp_path) -> Non
 def test_bias_correction_on_real_images_ultraface(tmp_path) -> None:
     # UltraFace slim, calibrated on 2 photos (20 views), evaluated on 2 others:
     # measured 0.99369 -> 0.99713 on boxes, 0.999951 -> 0.999971 on scores.
-    pytest.importorskip("PIL")
-    shared_or_skip("models", "images")
-    sys.path.insert(0, str(REPO / "bench"))
-    import accuracy as acc
-
-    case = acc.model_case("ultraface")
-    model, weights = str(case["model"]), str(case["weights"])
-    ev = case["eval"][:2]
-    ref = acc._run_all(amct.load_caffe(model, weights), ev)
-    cos = {}
-    for bc in (False, True):
-        res = amct.quantize(model, weights, case["calib"][:2], str(tmp_path / str(bc) / "uf"),
-                            bias_correction=bc, save_type="Fakequant", weight_rounding="nearest")
-        got = acc._run_all(amct.load_caffe(res.outputs["fake_model"],
-                                           res.outputs["fake_weights"]), ev)
-        cos[bc] = {k: acc.cosine(ref[k], got[k]) for k in ref}
+    case = bench_accuracy().model_case("ultraface")
+    cos = {bc: fake_quant_cosines(case, case["calib"][:2], case["eval"][:2],
+                                  str(tmp_path / str(bc) / "uf"), bias_correction=bc,
+                                  weight_rounding="nearest")
+           for bc in (False, True)}
     assert cos[True]["boxes"] > cos[False]["boxes"] + 0.002, cos
     assert cos[True]["scores"] >= cos[False]["scores"], cos

@@ -3,7 +3,6 @@ codes, the input statistics against the runtime's convolution, the API and the
 effect on a real model."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ import amct
 from amct.errors import ConfigError, DataError, QuantizationError
 from amct.quant.gptq import (conv_gram, dense_gram, gptq_codes, output_error, position_step,
                               quantize_input)
-from conftest import REPO, shared_or_skip
+from conftest import bench_accuracy, fake_quant_cosines, shared_or_skip
 
 ONE = np.array([[1.0]])
 
@@ -300,21 +299,10 @@ def test_weight_rounding_on_real_crops_det3(tmp_path) -> None:
     # of 3 others (bench/accuracy.py's bench division), without bias
     # correction so that only the rounding differs.  Measured: conv6-2
     # 0.998904 -> 0.999471, prob1 0.999931 -> 0.999987.
-    pytest.importorskip("PIL")
-    shared_or_skip("models", "images")
-    sys.path.insert(0, str(REPO / "bench"))
-    import accuracy as acc
-
-    case = acc.model_case("det3")
-    model, weights = str(case["model"]), str(case["weights"])
-    ref = acc._run_all(amct.load_caffe(model, weights), case["eval"])
-    cos = {}
-    for how in ("nearest", "gptq"):
-        res = amct.quantize(model, weights, case["calib"], str(tmp_path / how / "d3"),
-                            bias_correction=False, weight_rounding=how, save_type="Fakequant")
-        got = acc._run_all(amct.load_caffe(res.outputs["fake_model"],
-                                           res.outputs["fake_weights"]), case["eval"])
-        cos[how] = {k: acc.cosine(ref[k], got[k]) for k in ref}
+    case = bench_accuracy().model_case("det3")
+    cos = {how: fake_quant_cosines(case, case["calib"], case["eval"], str(tmp_path / how / "d3"),
+                                   bias_correction=False, weight_rounding=how)
+           for how in ("nearest", "gptq")}
     assert 1 - cos["gptq"]["conv6-2"] < 0.6 * (1 - cos["nearest"]["conv6-2"]), cos
     assert 1 - cos["gptq"]["prob1"] < 0.5 * (1 - cos["nearest"]["prob1"]), cos
     assert cos["gptq"]["conv6-3"] >= cos["nearest"]["conv6-3"], cos
