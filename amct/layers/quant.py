@@ -25,7 +25,7 @@ from amct.errors import QuantizationError
 from amct.ir.registry import Kernel, LayerDef, Shape, register_layer
 from amct.layers._common import need_inputs, shape_error
 from amct.quant.deq_scale import unpack_deq_scale
-from amct.quant.rounding import round_half_away
+from amct.quant.rounding import activation_codes
 
 _DEPLOY = "deploy"
 
@@ -74,12 +74,9 @@ class QuantLayer(_SameShape):
 
     def build(self, layer, in_shapes: list[Shape]) -> Kernel:
         scale, offset = quant_factors(layer)
-        lo, hi = np.float32(-128 - offset), np.float32(127 - offset)
 
         def codes(x: np.ndarray) -> np.ndarray:
-            # clamp(round(x·s) + o) − o == clamp(round(x·s), −128 − o, 127 − o)
-            q = round_half_away(np.multiply(x, scale, dtype=np.float32))
-            return np.clip(q, lo, hi, out=q)
+            return activation_codes(x, scale, offset)
 
         def fake(xs: list[np.ndarray]) -> list[np.ndarray]:
             q = codes(xs[0])

@@ -35,3 +35,12 @@ def round_half_away(x: np.ndarray | float) -> np.ndarray:
         t = a.flat[ties]           # C order on any memory layout, like flatnonzero
         r.flat[ties] = t + np.copysign(a.dtype.type(0.5), t)
     return r if r.ndim else r[()]
+
+
+def activation_codes(x: np.ndarray, scale: np.floating, offset: int) -> np.ndarray:
+    """A Quant layer's codes minus its offset (SPEC §4.1), as float32:
+    ``clamp(round(x·scale) + offset, −128, 127) − offset``, which is
+    ``clamp(round(x·scale), −128 − offset, 127 − offset)``.  ``scale`` is the
+    layer's ``quant_param.scale`` (1 / scale_d, float32).  A fresh array."""
+    q = round_half_away(np.multiply(x, scale, dtype=np.float32))
+    return np.clip(q, np.float32(-128 - offset), np.float32(127 - offset), out=q)
